@@ -1,5 +1,12 @@
 """asyncembed: an asyncio-first batching client for OpenRouter-compatible embeddings APIs."""
 
+from ._clock import Clock as Clock
+from ._codec import Embeddings as Embeddings
+from ._config import Batching as Batching
+from ._config import Limits as Limits
+from ._config import Retry as Retry
+from ._config import Timeouts as Timeouts
+from ._embedder import Embedder as Embedder
 from ._exceptions import APIConnectionError as APIConnectionError
 from ._exceptions import APIStatusError as APIStatusError
 from ._exceptions import APITimeoutError as APITimeoutError
@@ -30,6 +37,9 @@ from ._models import Percentiles as Percentiles
 from ._models import ProviderPreferences as ProviderPreferences
 from ._models import ProviderSort as ProviderSort
 from ._models import Usage as Usage
+from ._stats import Stats as Stats
+from ._transport import RawResponse as RawResponse
+from ._transport import Transport as Transport
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -40,14 +50,19 @@ __all__ = [
     "AuthenticationError",
     "BadGatewayError",
     "BadRequestError",
+    "Batching",
     "BudgetExceededError",
+    "Clock",
+    "Embedder",
     "EmbedderClosedError",
     "EmbeddingRequest",
     "EmbeddingResponse",
+    "Embeddings",
     "GatewayTimeoutError",
     "InputTooLongError",
     "InternalServerError",
     "InvalidInputError",
+    "Limits",
     "MaxPrice",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -59,8 +74,13 @@ __all__ = [
     "ProviderPreferences",
     "ProviderSort",
     "RateLimitError",
+    "RawResponse",
     "RequestTimeoutError",
+    "Retry",
     "ServiceUnavailableError",
+    "Stats",
+    "Timeouts",
+    "Transport",
     "UnprocessableEntityError",
     "Usage",
     "__version__",

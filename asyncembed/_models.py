@@ -30,7 +30,7 @@ __all__ = [
 _WIRE = {"kw_only": True, "omit_defaults": True, "frozen": True}
 
 
-class MaxPrice(msgspec.Struct, **_WIRE):  # type: ignore[call-arg]
+class MaxPrice(msgspec.Struct, **_WIRE):
     """Highest price a provider may charge, in USD (``prompt``/``completion`` per 1M tokens).
 
     Values are numbers or decimal strings, passed through unchanged.
@@ -43,7 +43,7 @@ class MaxPrice(msgspec.Struct, **_WIRE):  # type: ignore[call-arg]
     request: float | str | None = None
 
 
-class Percentiles(msgspec.Struct, **_WIRE):  # type: ignore[call-arg]
+class Percentiles(msgspec.Struct, **_WIRE):
     """Per-percentile thresholds for ``preferred_min_throughput`` / ``preferred_max_latency``."""
 
     p50: float | None = None
@@ -52,14 +52,14 @@ class Percentiles(msgspec.Struct, **_WIRE):  # type: ignore[call-arg]
     p99: float | None = None
 
 
-class ProviderSort(msgspec.Struct, **_WIRE):  # type: ignore[call-arg]
+class ProviderSort(msgspec.Struct, **_WIRE):
     """The object form of ``provider.sort``: ``{"by": "price", "partition": "model"}``."""
 
     by: str
     partition: Literal["model", "none"] | None = None
 
 
-class ProviderPreferences(msgspec.Struct, **_WIRE):  # type: ignore[call-arg]
+class ProviderPreferences(msgspec.Struct, **_WIRE):
     """OpenRouter provider routing preferences (the request's ``provider`` object).
 
     Every field is optional; unset fields are not sent, so OpenRouter's defaults apply.
@@ -97,7 +97,7 @@ class ProviderPreferences(msgspec.Struct, **_WIRE):  # type: ignore[call-arg]
     preferred_max_latency: float | Percentiles | None = None
 
 
-class EmbeddingRequest(msgspec.Struct, **_WIRE):  # type: ignore[call-arg]
+class EmbeddingRequest(msgspec.Struct, **_WIRE):
     """The body of ``POST /embeddings``.
 
     ``input`` takes the four forms of the spec: a string, a list of strings, one list of
@@ -134,7 +134,7 @@ class EmbeddingItem(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Availability(msgspec.Struct, kw_only=True, frozen=True):
-    """OpenRouter's ``error.availability``: why a model could not be served, and whether to retry."""
+    """OpenRouter's ``error.availability``: why a model was not served, and whether to retry."""
 
     code: str | None = None
     retryable: bool | None = None

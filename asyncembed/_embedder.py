@@ -1,0 +1,416 @@
+"""The public face: :class:`Embedder` wires batcher, scheduler, sender and transport."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import warnings
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager, nullcontext
+from typing import Any, TypeVar, overload
+
+import aiohttp
+import anyio
+import numpy as np
+from anyio.abc import TaskGroup
+
+from ._batcher import Batcher
+from ._clock import Clock, SystemClock
+from ._codec import Embeddings
+from ._config import Batching, Limits, Retry, Timeouts
+from ._exceptions import APITimeoutError, EmbedderClosedError, InvalidInputError
+from ._inputs import TokenEstimator, check_tokens, chunk
+from ._models import ProviderPreferences
+from ._scheduler import BULK, LIVE, Scheduler
+from ._sender import Outcome, RequestOptions, Sender
+from ._stats import Counters, Stats
+from ._stream import stream_blocks
+from ._transport import HTTPTransport, Transport
+from ._types import EncodingFormat, Input, Matrix, Vector
+
+__all__ = ["DEFAULT_BASE_URL", "Embedder"]
+
+DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+
+K = TypeVar("K")
+
+
+class _State(enum.Enum):
+    UNOPENED = 1
+    OPENED = 2
+    CLOSED = 3
+
+
+class Embedder(anyio.AsyncContextManagerMixin):
+    """An embeddings client that coalesces many small calls into few batched requests.
+
+    Use it as an async context manager; it owns a task group that sends the batches::
+
+        async with asyncembed.Embedder("openai/text-embedding-3-small") as embedder:
+            vector = await embedder.embed("hello")          # float32, shape (d,)
+            matrix = await embedder.embed_many(["a", "b"])  # float32, shape (2, d)
+
+    Args:
+        model: The model id, e.g. ``"openai/text-embedding-3-small"``.
+        api_key: Bearer key; default ``$OPENROUTER_API_KEY``. ``None`` and no env: no
+            ``Authorization`` header (fine for local servers). Never shown anywhere.
+        base_url: API root; default ``$OPENROUTER_BASE_URL`` or OpenRouter's.
+        batching: How calls are coalesced (:class:`Batching`).
+        limits: Concurrency, RPM/TPM budgets and spending cap (:class:`Limits`).
+        retry: Retry policy (:class:`Retry`).
+        timeouts: HTTP timeouts (:class:`Timeouts`).
+        provider: OpenRouter routing preferences, sent with every request.
+        dimensions: Ask for vectors of this length (models that support it); every
+            response is checked against it.
+        encoding_format: ``"base64"`` (default, fast) or ``"float"``. A model that does
+            not honour base64 is switched to float transparently.
+        input_type: OpenRouter's ``input_type`` (e.g. ``"search_query"``).
+        user: End-user id sent with requests.
+        app_url: Sent as ``HTTP-Referer`` (OpenRouter app attribution).
+        app_title: Sent as ``X-OpenRouter-Title``.
+        session: An aiohttp session to use; it stays open after the Embedder closes.
+        transport: Any :class:`Transport`; overrides ``base_url``, ``api_key``,
+            ``session`` and ``timeouts``.
+        allow_insecure: Allow sending the key over plain ``http://`` to another host.
+        clock: Time source (tests pass :class:`asyncembed.testing.FakeClock`).
+
+    Raises:
+        ValueError: an empty model, a bad ``encoding_format`` or ``dimensions``, or a
+            key that would be sent over plain HTTP to another machine.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        batching: Batching | None = None,
+        limits: Limits | None = None,
+        retry: Retry | None = None,
+        timeouts: Timeouts | None = None,
+        provider: ProviderPreferences | None = None,
+        dimensions: int | None = None,
+        encoding_format: EncodingFormat = "base64",
+        input_type: str | None = None,
+        user: str | None = None,
+        app_url: str | None = None,
+        app_title: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        transport: Transport | None = None,
+        allow_insecure: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise ValueError("model must be a non-empty string")
+        if encoding_format not in ("base64", "float"):
+            raise ValueError(
+                f"encoding_format must be 'base64' or 'float', got {encoding_format!r}"
+            )
+        if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+            raise ValueError(f"dimensions must be a positive int, got {dimensions!r}")
+        self.model = model
+        self.batching = batching or Batching()
+        self.limits = limits or Limits()
+        self.retry = retry or Retry()
+        self.base_url = base_url or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
+        headers = {}
+        if app_url:
+            headers["HTTP-Referer"] = app_url
+        if app_title:
+            headers["X-OpenRouter-Title"] = app_title
+        self._owns_transport = transport is None
+        self._transport: Transport = transport or HTTPTransport(
+            base_url=self.base_url,
+            api_key=api_key if api_key is not None else os.environ.get("OPENROUTER_API_KEY"),
+            session=session,
+            timeouts=timeouts or Timeouts(),
+            headers=headers,
+            allow_insecure=allow_insecure,
+        )
+        self._clock = clock or SystemClock()
+        self._counters = Counters()
+        self._estimator = TokenEstimator(self.batching)
+        self._scheduler = Scheduler(self.limits, self._clock)
+        self._sender = Sender(
+            transport=self._transport,
+            scheduler=self._scheduler,
+            estimator=self._estimator,
+            counters=self._counters,
+            clock=self._clock,
+            options=RequestOptions(
+                model=model,
+                dimensions=dimensions,
+                input_type=input_type,
+                user=user,
+                provider=provider,
+            ),
+            retry=self.retry,
+            limits=self.limits,
+            encoding_format=encoding_format,
+        )
+        self._batcher = Batcher(
+            self.batching, self._estimator, self._clock, self._spawn, self._deliver, self._counters
+        )
+        self._state = _State.UNOPENED
+        self._tg: TaskGroup | None = None
+        self._tasks = 0
+        self._idle: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Embedder model={self.model!r} state={self._state.name} "
+            f"in_flight={self._scheduler.in_flight} queued={self._batcher.queued}>"
+        )
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_state", None) is _State.OPENED:
+            _warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[Embedder]:
+        if self._state is not _State.UNOPENED:
+            raise EmbedderClosedError("an Embedder can be opened only once; create a new one")
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._state = _State.OPENED
+                try:
+                    yield self
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.aclose()
+        finally:
+            self._state = _State.CLOSED
+            self._tg = None
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of counters and live gauges (:class:`Stats`)."""
+        return self._counters.snapshot(
+            queued=self._batcher.queued,
+            in_flight=self._scheduler.in_flight,
+            concurrency=self._scheduler.concurrency,
+            max_concurrency=self._scheduler.max_concurrency,
+            encoding_format=self._sender.encoding_format,
+        )
+
+    async def embed(self, text: str, *, timeout: float | None = None) -> Vector:
+        """Embed one text; concurrent calls share requests.
+
+        Args:
+            text: A non-empty string.
+            timeout: Seconds to wait at most (``None``: until the retry policy gives up).
+
+        Returns:
+            A float32 vector, shape ``(d,)``.
+
+        Raises:
+            TypeError: ``text`` is not a str.
+            InvalidInputError: ``text`` is empty, or too long (:class:`InputTooLongError`).
+            BadRequestError: the server rejected this text (other texts are unaffected).
+            APITimeoutError: ``timeout`` passed.
+            EmbedderClosedError: the Embedder is not open.
+            APIStatusError, APIConnectionError, ProtocolError: the request failed.
+        """
+        self._check_open()
+        text = self._estimator.check_text(text)
+        if timeout is None:
+            return await self._batcher.submit(text, None)
+        future = self._batcher.submit(text, self._clock.now() + timeout)
+        with anyio.move_on_after(timeout):
+            return await future
+        raise APITimeoutError(f"embed() did not finish within {timeout} s")
+
+    async def embed_many(
+        self, texts: Sequence[str] | Sequence[Sequence[int]], *, timeout: float | None = None
+    ) -> Matrix:
+        """Embed a list of texts (or token-id lists) in batches sent concurrently.
+
+        Bulk work: it queues behind live :meth:`embed` calls. Repeated inputs are
+        sent once.
+
+        Returns:
+            A float32 matrix, shape ``(len(texts), d)``, in input order.
+
+        Raises:
+            TypeError: not a list of str (or of int lists), or mixed.
+            InvalidInputError: an empty list or an empty/too-long item.
+            BadRequestError: the server rejected an item (its index is in the notes).
+            APITimeoutError: ``timeout`` passed.
+            EmbedderClosedError, APIStatusError, APIConnectionError, ProtocolError.
+        """
+        self._check_open()
+        items = self._check_many(texts)
+        with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+            try:
+                return await self._embed_chunked(items, BULK)
+            except TimeoutError as exc:
+                if isinstance(exc, APITimeoutError):
+                    raise
+                raise APITimeoutError(f"embed_many() did not finish within {timeout} s") from None
+
+    @overload
+    def stream(
+        self, items: Iterable[str] | AsyncIterable[str], *, window: int | None = None
+    ) -> AsyncIterator[tuple[int, Matrix]]: ...
+    @overload
+    def stream(
+        self,
+        items: Iterable[tuple[K, str]] | AsyncIterable[tuple[K, str]],
+        *,
+        window: int | None = None,
+    ) -> AsyncIterator[tuple[list[K], Matrix]]: ...
+    def stream(self, items: Any, *, window: int | None = None) -> AsyncIterator[Any]:
+        """Embed a corpus of any size with bounded memory, yielding blocks in input order.
+
+        Texts are read only ``window`` batches ahead of what the caller has consumed
+        (backpressure). For plain texts it yields ``(start, matrix)``; for
+        ``(id, text)`` pairs it yields ``(ids, matrix)``. Close it with
+        ``contextlib.aclosing`` if you stop early, so in-flight batches are cancelled.
+
+        Args:
+            items: An iterable or async iterable of texts or ``(id, text)`` pairs.
+            window: Batches in flight at most (default ``2 * max_concurrency``).
+
+        Raises:
+            TypeError, InvalidInputError: a bad item (its position is in the message).
+            The errors of :meth:`embed_many`.
+        """
+        self._check_open()
+        return stream_blocks(
+            items,
+            embed_chunk=lambda chunk_: self._embed_chunked(chunk_, BULK),
+            check=self._estimator.check_text,
+            batching=self.batching,
+            window=window or 2 * self.limits.max_concurrency,
+        )
+
+    async def create(
+        self,
+        input: Input,
+        *,
+        encoding_format: EncodingFormat | None = None,
+    ) -> Embeddings:
+        """Send exactly one request (no coalescing), retried per the policy.
+
+        Args:
+            input: A string, a list of strings, a token-id list, or a list of those.
+            encoding_format: Force an encoding; ``None``: the Embedder's (with fallback).
+
+        Returns:
+            The decoded response: vectors in input order, model, usage, id.
+
+        Raises:
+            TypeError, InvalidInputError: malformed input.
+            APIStatusError, APIConnectionError, ProtocolError: the request failed.
+        """
+        self._check_open()
+        if isinstance(input, str):
+            self._estimator.check_text(input)
+        elif isinstance(input, list) and input and isinstance(input[0], int):
+            check_tokens(input)
+        else:
+            self._check_many(input)
+        return await self._sender.request(input, priority=LIVE, encoding_format=encoding_format)
+
+    async def aclose(self, *, cancel_pending: bool = False) -> None:
+        """Send what is queued (or fail it), wait for requests in flight, close the session.
+
+        Idempotent. Called when leaving ``async with``.
+
+        Args:
+            cancel_pending: Fail queued texts with :class:`EmbedderClosedError` instead
+                of sending them.
+        """
+        if self._state is not _State.OPENED:
+            return
+        self._state = _State.CLOSED
+        if cancel_pending:
+            self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
+        else:
+            self._batcher.flush()
+        while self._tasks:
+            self._idle = asyncio.get_running_loop().create_future()
+            await self._idle
+        if self._owns_transport:
+            await self._transport.aclose()
+
+    # -- internals -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._state is not _State.OPENED:
+            raise EmbedderClosedError(
+                "the Embedder is not open: use it inside `async with Embedder(...)`"
+                if self._state is _State.UNOPENED
+                else "the Embedder is closed"
+            )
+
+    def _check_many(self, texts: object) -> list[Any]:
+        if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
+            raise TypeError(f"expected a list of texts, got {type(texts).__name__}")
+        if not texts:
+            raise InvalidInputError("expected at least one text, got an empty list")
+        if isinstance(texts[0], str):
+            check = self._estimator.check_text
+            return [check(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        if isinstance(texts[0], list | tuple):
+            return [check_tokens(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        raise TypeError(f"texts[0] must be a str or a token list, got {type(texts[0]).__name__}")
+
+    def _spawn(self, job: Any) -> None:
+        assert self._tg is not None
+        self._tasks += 1
+        self._tg.start_soon(self._run_task, job)
+
+    async def _run_task(self, job: Any) -> None:
+        try:
+            await job()
+        finally:
+            self._tasks -= 1
+            if not self._tasks and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
+
+    async def _deliver(self, texts: list[str], deadline: float | None) -> Outcome:
+        return await self._sender.run(texts, priority=LIVE, deadline=deadline)
+
+    async def _embed_chunked(self, items: list[Any], priority: int) -> Matrix:
+        """Embed validated items in concurrent batches; raise the first failure."""
+        if isinstance(items[0], str):
+            unique: list[Any] = list(dict.fromkeys(items))
+        else:
+            unique = items
+        spans = list(chunk(unique, self._estimator, self.batching))
+        results: list[Matrix | None] = [None] * len(spans)
+
+        async def one(k: int, start: int, end: int) -> None:
+            outcome = await self._sender.run(unique[start:end], priority=priority)
+            if outcome.errors:
+                i, exc = min(outcome.errors.items())
+                exc.add_note(f"(input {items.index(unique[start + i])} of the batch)")
+                raise exc
+            results[k] = outcome.vectors
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for k, (start, end) in enumerate(spans):
+                    tg.start_soon(one, k, start, end)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        matrix = np.concatenate(results) if len(results) > 1 else results[0]  # type: ignore[arg-type]
+        assert matrix is not None
+        if len(unique) != len(items):
+            self._counters.deduplicated += len(items) - len(unique)
+            position = {text: i for i, text in enumerate(unique)}
+            matrix = matrix[[position[text] for text in items]]
+        return matrix
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if isinstance(exc, Exception):
+            return exc
+    return group.exceptions[0]

@@ -1,0 +1,108 @@
+"""Inputs at the call site: type and size checks, and the cheap token estimate.
+
+Everything here runs before anything is queued, so a bad input fails alone, in the
+caller's own frame, and costs nobody else anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ._config import Batching
+from ._exceptions import InputTooLongError, InvalidInputError
+
+__all__ = ["TokenEstimator", "check_tokens", "chunk"]
+
+_MIN_RATIO, _MAX_RATIO = 0.5, 20.0
+_SMOOTHING = 0.2
+
+
+class TokenEstimator:
+    """Estimates tokens as ``len(text) / chars_per_token``, calibrated from ``usage``.
+
+    Real tokenizers cost far more than the request itself; a ratio is enough to size
+    batches and budgets, and each response's ``prompt_tokens`` corrects it (an
+    exponential moving average, clamped to a sane range).
+    """
+
+    __slots__ = ("_batching", "chars_per_token")
+
+    def __init__(self, batching: Batching) -> None:
+        self._batching = batching
+        self.chars_per_token = batching.chars_per_token
+
+    def estimate(self, text: str) -> int:
+        """Estimated tokens of one text (at least 1)."""
+        return int(len(text) / self.chars_per_token) + 1
+
+    def total(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> int:
+        """Estimated tokens of a request's inputs (token lists count exactly)."""
+        if inputs and isinstance(inputs[0], str):
+            return int(sum(map(len, inputs)) / self.chars_per_token) + len(inputs)
+        return sum(map(len, inputs))
+
+    def calibrate(self, characters: int, prompt_tokens: float) -> None:
+        """Fold one response's real token count into the ratio."""
+        if characters <= 0 or prompt_tokens <= 0:
+            return
+        observed = min(_MAX_RATIO, max(_MIN_RATIO, characters / prompt_tokens))
+        self.chars_per_token += _SMOOTHING * (observed - self.chars_per_token)
+
+    def check_text(self, text: object, where: str = "text") -> str:
+        """Validate one text; return it (cut short when ``Batching.truncate`` is set).
+
+        Raises:
+            TypeError: not a ``str``.
+            InvalidInputError: empty.
+            InputTooLongError: over ``Batching.max_input_tokens`` (estimated).
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"{where} must be a str, got {type(text).__name__}")
+        if not text:
+            raise InvalidInputError(f"{where} is empty; the API rejects empty strings")
+        limit = self._batching.max_input_tokens
+        if limit is not None and len(text) > limit * self.chars_per_token:
+            estimated = self.estimate(text)
+            if estimated > limit:
+                if self._batching.truncate:
+                    return text[: int(limit * self.chars_per_token)]
+                raise InputTooLongError(
+                    f"{where} is about {estimated} tokens, over max_input_tokens={limit} "
+                    "(pass Batching(truncate=True) to cut it instead)"
+                )
+        return text
+
+
+def check_tokens(tokens: object, where: str = "input") -> list[int]:
+    """Validate one token-id list; return it as a list.
+
+    Raises:
+        TypeError: not a list of ints.
+        InvalidInputError: empty.
+    """
+    if not isinstance(tokens, list | tuple):
+        raise TypeError(f"{where} must be a list of token ids, got {type(tokens).__name__}")
+    if not tokens:
+        raise InvalidInputError(f"{where} is an empty token list")
+    for j, token in enumerate(tokens):
+        if type(token) is not int:
+            raise TypeError(f"{where}[{j}] must be an int token id, got {type(token).__name__}")
+    return list(tokens)
+
+
+def chunk(
+    inputs: Sequence[Any], estimator: TokenEstimator, batching: Batching
+) -> Iterable[tuple[int, int]]:
+    """Split inputs into ``(start, end)`` runs under ``max_size`` and ``max_tokens``."""
+    max_size, max_tokens = batching.max_size, batching.max_tokens
+    n = len(inputs)
+    start, tokens = 0, 0
+    for i, item in enumerate(inputs):
+        cost = estimator.estimate(item) if isinstance(item, str) else len(item)
+        if i > start and (i - start >= max_size or tokens + cost > max_tokens):
+            yield start, i
+            start, tokens = i, 0
+        tokens += cost
+    if start < n:
+        yield start, n

@@ -1,0 +1,114 @@
+"""Retry policy as data: a :class:`Retry` becomes a tenacity ``AsyncRetrying``.
+
+tenacity runs the loop; this module only says which errors are worth another try,
+how long to wait (the server's delay when it names one, else full jitter), and when
+to give up (attempts, the policy's time budget, and the callers' own deadline).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+import tenacity
+
+from ._clock import Clock
+from ._config import Retry
+from ._exceptions import APIConnectionError, APIStatusError, ProtocolError
+
+__all__ = ["is_retryable", "retrying"]
+
+logger = logging.getLogger("asyncembed")
+
+# A 200 that cannot be trusted (index gaps, NaN...) is tried once more, then raised.
+_PROTOCOL_RETRIES = 1
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another attempt can help: by class, or by the body's availability flag."""
+    if isinstance(exc, APIStatusError | APIConnectionError | ProtocolError):
+        return exc.retryable
+    return False
+
+
+def retrying(
+    policy: Retry,
+    clock: Clock,
+    *,
+    deadline: float | None = None,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+    rng: random.Random | None = None,
+) -> tenacity.AsyncRetrying:
+    """Build the retry loop for one request.
+
+    Args:
+        policy: Attempts, time budget and backoff.
+        clock: Time for the budget and the sleeps (``clock.sleep`` does the waiting).
+        deadline: The latest ``clock.now()`` any caller still waits for; no sleep is
+            started that would end after it. ``None``: no caller deadline.
+        on_retry: Called with the error and the delay before each sleep.
+        rng: Random source for the jitter (for reproducible tests).
+
+    The returned object re-raises the last error when it gives up.
+    """
+    start = clock.now()
+    limit = start + policy.timeout
+    if deadline is not None:
+        limit = min(limit, deadline)
+    jitter = rng or random.Random()
+    protocol_errors = 0
+
+    def should_retry(state: tenacity.RetryCallState) -> bool:
+        nonlocal protocol_errors
+        exc = state.outcome.exception() if state.outcome else None
+        if exc is None or not is_retryable(exc):
+            return False
+        if isinstance(exc, ProtocolError):
+            protocol_errors += 1
+            return protocol_errors <= _PROTOCOL_RETRIES
+        return True
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        server_delay = getattr(exc, "retry_after", None)
+        if isinstance(server_delay, int | float):
+            return float(server_delay)
+        # AWS "Full Jitter": uniform(0, min(cap, base * 2**n)).
+        ceiling = min(policy.max_delay, policy.initial_delay * 2 ** (state.attempt_number - 1))
+        return jitter.uniform(0.0, ceiling)
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        if state.attempt_number >= policy.attempts:
+            return True
+        # Fail fast rather than sleep past the budget or past every caller's deadline.
+        return clock.now() + (state.upcoming_sleep or 0.0) > limit
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        assert exc is not None
+        delay = state.upcoming_sleep
+        logger.info(
+            "retrying after %s (attempt %d of %d) in %.3fs",
+            _describe(exc),
+            state.attempt_number,
+            policy.attempts,
+            delay,
+        )
+        if on_retry is not None:
+            on_retry(exc, delay)
+
+    return tenacity.AsyncRetrying(
+        sleep=clock.sleep,
+        stop=stop,
+        wait=wait,
+        retry=should_retry,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, APIStatusError):
+        return f"HTTP {exc.status} {type(exc).__name__}"
+    return type(exc).__name__

@@ -1,0 +1,197 @@
+"""The Scheduler: who may send a request now.
+
+A request needs a slot: fewer than the current concurrency limit in flight, no
+global pause (set by a 429), and room in the RPM/TPM windows. Waiters are served in
+priority order (live ``embed()`` before bulk backfill), first come first served
+within a priority, so a large bulk job cannot starve a web handler.
+
+The concurrency limit adapts (AIMD): halved on a 429, raised by one after as many
+successes in a row as the current limit, never above ``Limits.max_concurrency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from ._clock import Clock
+from ._config import Limits
+
+__all__ = ["BULK", "LIVE", "Scheduler", "SlidingWindow"]
+
+LIVE = 0
+BULK = 1
+
+_WINDOW = 60.0
+
+
+class SlidingWindow:
+    """At most ``limit`` units in any ``period`` seconds (an exact sliding log).
+
+    A log rather than a token bucket: a bucket that starts full lets through up to
+    twice its rate in the first window, and the point is to stay under the account's
+    quota in every window. The log holds at most one entry per admitted request.
+    """
+
+    __slots__ = ("_log", "_period", "_used", "limit")
+
+    def __init__(self, limit: int, period: float = _WINDOW) -> None:
+        self.limit = limit
+        self._period = period
+        self._log: deque[tuple[float, int]] = deque()
+        self._used = 0
+
+    def delay(self, amount: int, now: float) -> float:
+        """Seconds until ``amount`` fits (0.0: it fits now).
+
+        An amount larger than the whole limit fits once the window is empty.
+        """
+        log = self._log
+        while log and log[0][0] <= now - self._period:
+            self._used -= log.popleft()[1]
+        if self._used + amount <= self.limit or not log:
+            return 0.0
+        need = self._used + amount - self.limit
+        freed = 0
+        for stamp, used in log:
+            freed += used
+            if freed >= need:
+                return stamp + self._period - now
+        return log[-1][0] + self._period - now
+
+    def add(self, amount: int, now: float) -> None:
+        """Record ``amount`` units used at ``now``."""
+        self._log.append((now, amount))
+        self._used += amount
+
+
+class _Waiter:
+    __slots__ = ("key", "tokens", "wake")
+
+    def __init__(self, key: tuple[int, int], tokens: int) -> None:
+        self.key = key
+        self.tokens = tokens
+        self.wake: asyncio.Future[None] | None = None
+
+    def __lt__(self, other: _Waiter) -> bool:
+        return self.key < other.key
+
+
+class Scheduler:
+    """Hands out request slots under concurrency, rate limits and 429 pauses.
+
+    Args:
+        limits: The configured ceilings.
+        clock: Time source for windows and pauses.
+    """
+
+    def __init__(self, limits: Limits, clock: Clock) -> None:
+        self._clock = clock
+        self.max_concurrency = limits.max_concurrency
+        self.concurrency = limits.max_concurrency
+        self.in_flight = 0
+        self.paused_until = float("-inf")
+        self._successes = 0
+        self._seq = itertools.count()
+        self._waiters: list[_Waiter] = []
+        self._rpm = (
+            SlidingWindow(limits.requests_per_minute) if limits.requests_per_minute else None
+        )
+        self._tpm = SlidingWindow(limits.tokens_per_minute) if limits.tokens_per_minute else None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Scheduler in_flight={self.in_flight} concurrency={self.concurrency}/"
+            f"{self.max_concurrency} waiting={len(self._waiters)}>"
+        )
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot."""
+        return len(self._waiters)
+
+    @asynccontextmanager
+    async def slot(self, tokens: int, priority: int = LIVE) -> AsyncIterator[None]:
+        """Hold a request slot for the body of the ``async with``.
+
+        Args:
+            tokens: The request's estimated tokens (for the TPM window).
+            priority: ``LIVE`` (0) or ``BULK`` (1); lower goes first.
+        """
+        await self.acquire(tokens, priority)
+        try:
+            yield
+        finally:
+            self.release()
+
+    async def acquire(self, tokens: int, priority: int = LIVE) -> None:
+        """Wait for a slot and take it. Cancellation leaves the queue cleanly."""
+        waiter = _Waiter((priority, next(self._seq)), tokens)
+        heapq.heappush(self._waiters, waiter)
+        try:
+            while True:
+                if self._waiters[0] is waiter and self.in_flight < self.concurrency:
+                    delay = self._time_delay(tokens)
+                    if delay <= 0:
+                        heapq.heappop(self._waiters)
+                        self._take(tokens)
+                        self._wake_head()
+                        return
+                    # The head waits out the pause or window; the rest queue behind it.
+                    await self._clock.sleep(delay)
+                    continue
+                waiter.wake = asyncio.get_running_loop().create_future()
+                await waiter.wake
+        except BaseException:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                heapq.heapify(self._waiters)
+            self._wake_head()
+            raise
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.in_flight -= 1
+        self._wake_head()
+
+    def on_success(self) -> None:
+        """Additive increase: +1 concurrency after a run of successes."""
+        if self.concurrency < self.max_concurrency:
+            self._successes += 1
+            if self._successes >= self.concurrency:
+                self.concurrency += 1
+                self._successes = 0
+                self._wake_head()
+
+    def on_rate_limited(self, delay: float) -> None:
+        """Multiplicative decrease, and pause all dispatch for ``delay`` seconds."""
+        self.concurrency = max(1, self.concurrency // 2)
+        self._successes = 0
+        self.paused_until = max(self.paused_until, self._clock.now() + delay)
+
+    def _take(self, tokens: int) -> None:
+        now = self._clock.now()
+        self.in_flight += 1
+        if self._rpm is not None:
+            self._rpm.add(1, now)
+        if self._tpm is not None:
+            self._tpm.add(tokens, now)
+
+    def _time_delay(self, tokens: int) -> float:
+        now = self._clock.now()
+        delay = self.paused_until - now
+        if self._rpm is not None:
+            delay = max(delay, self._rpm.delay(1, now))
+        if self._tpm is not None:
+            delay = max(delay, self._tpm.delay(tokens, now))
+        return delay
+
+    def _wake_head(self) -> None:
+        if self._waiters:
+            wake = self._waiters[0].wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)

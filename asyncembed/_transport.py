@@ -1,0 +1,151 @@
+"""One POST to ``{base_url}/embeddings``: bytes in, status/headers/bytes out.
+
+The transport knows the URL, the key and the HTTP session, and nothing about
+batches or retries. Every aiohttp error is mapped to our tree here, in one place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ._config import Timeouts
+from ._exceptions import APIConnectionError, APITimeoutError
+from ._version import __version__
+
+__all__ = ["HTTPTransport", "RawResponse", "Transport", "is_loopback"]
+
+USER_AGENT = (
+    f"asyncembed/{__version__} aiohttp/{aiohttp.__version__} python/{platform.python_version()}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """An HTTP answer before decoding: status, headers (case-insensitive) and body."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
+class Transport(Protocol):
+    """Anything that can POST an embeddings request body and return the raw answer.
+
+    ``Embedder(transport=...)`` accepts any object with these two methods.
+    """
+
+    async def post(self, content: bytes) -> RawResponse:
+        """Send one JSON request body.
+
+        Raises:
+            APIConnectionError: no complete answer (refused, reset, truncated body).
+            APITimeoutError: the request timed out.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the transport created."""
+        ...
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` points at this machine (127.0.0.0/8, ::1 or ``localhost``)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HTTPTransport:
+    """The aiohttp transport.
+
+    Args:
+        base_url: The API root, e.g. ``https://openrouter.ai/api/v1``.
+        api_key: Sent as ``Authorization: Bearer``; never logged or shown.
+        session: An aiohttp session to use; it is not closed by us. ``None``: one is
+            created on first use and closed by :meth:`aclose`.
+        timeouts: Connect and whole-request timeouts.
+        headers: Extra headers (``HTTP-Referer``, ``X-OpenRouter-Title``...).
+        allow_insecure: Send the key over plain ``http://`` to a non-loopback host.
+
+    Raises:
+        ValueError: the URL is not http(s), or a key would go over plain HTTP to
+            another machine without ``allow_insecure``.
+    """
+
+    __slots__ = ("_headers", "_owns_session", "_session", "_timeout", "_url")
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None,
+        session: aiohttp.ClientSession | None = None,
+        timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen, immutable default
+        headers: Mapping[str, str] | None = None,
+        allow_insecure: bool = False,
+    ) -> None:
+        scheme = urlsplit(base_url).scheme
+        if scheme not in ("http", "https"):
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if api_key and scheme == "http" and not is_loopback(base_url) and not allow_insecure:
+            raise ValueError(
+                "refusing to send the API key over plain http:// to a non-loopback host; "
+                "use https:// or pass allow_insecure=True"
+            )
+        self._url = base_url.rstrip("/") + "/embeddings"
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            **(headers or {}),
+        }
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeouts.request, sock_connect=timeouts.connect)
+
+    def __repr__(self) -> str:
+        return f"<HTTPTransport url={self._url!r}>"
+
+    async def post(self, content: bytes) -> RawResponse:
+        """POST one request body and read the whole answer.
+
+        Raises:
+            APIConnectionError: refused, reset, DNS failure, or a truncated body.
+            APITimeoutError: the request did not finish within ``Timeouts.request``.
+        """
+        session = self._session
+        if session is None:
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=self._timeout,
+            )
+        try:
+            async with session.post(self._url, data=content, headers=self._headers) as resp:
+                body = await resp.read()
+                return RawResponse(resp.status, resp.headers, body)
+        except TimeoutError as exc:
+            raise APITimeoutError("request timed out") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise APIConnectionError(f"response body was cut short: {exc}") from None
+        except aiohttp.ClientError as exc:
+            # str(exc) names the host and the OS error, never request headers.
+            raise APIConnectionError(f"{type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        """Close the session if this transport created it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
