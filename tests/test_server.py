@@ -234,7 +234,8 @@ async def test_dimensions_override_and_per_model_dimensions() -> None:
     ("body", "message"),
     [
         (b'{"model": "m", "input": ', "Invalid JSON"),
-        (b"[1, 2]", "JSON object"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b"", "Invalid JSON"),
         ({"input": "x"}, "'model' is required"),
         ({"model": 3, "input": "x"}, "'model' must be"),
         ({"model": "", "input": "x"}, "'model' must be"),
@@ -249,7 +250,10 @@ async def test_dimensions_override_and_per_model_dimensions() -> None:
         ({"model": "m", "input": [1.5, 2]}, "items must be strings or token ids"),
         ({"model": "m", "input": [1, 2.5]}, "only integer token ids"),
         ({"model": "m", "input": [1, True]}, "only integer token ids"),
-        ({"model": "m", "input": [1, -2]}, "non-negative"),
+        ({"model": "m", "input": [1, -2]}, "token ids must be in 0..2147483647"),
+        ({"model": "m", "input": [[2**31]]}, "token ids must be in 0.."),
+        ({"model": "m", "input": [10**30]}, "token ids must be in 0.."),
+        (b'{"model": "m", "input": [[1e400]]}', "Invalid request body"),
         ({"model": "m", "input": [[1], []]}, "input[1] must not be an empty token list"),
         ({"model": "m", "input": [[1], "a"]}, "mixes token-id lists"),
         ({"model": "m", "input": [[1], ["a"]]}, "input[1]"),
@@ -420,6 +424,7 @@ async def test_invalid_requests_do_not_consume_the_script() -> None:
         ("429", "1"),
         (Fault.rate_limit(retry_after=0), "0"),
         (Fault.rate_limit(retry_after=2.5), "2.5"),
+        (Fault.rate_limit(retry_after=0.0000001), "0"),
         (Fault.rate_limit(retry_after=None), None),
         (Fault.status(503, retry_after=7), "7"),
     ],
@@ -576,7 +581,7 @@ async def test_models_that_ignore_base64(mode: Any) -> None:
         assert isinstance(other["data"][0]["embedding"], str)
 
 
-ALL_FAULTS: list[tuple[str, Any]] = [
+ALL_FAULTS: list[tuple[Any, Any]] = [
     ("429", 429),
     ("500", 500),
     ("502", 502),
@@ -591,11 +596,13 @@ ALL_FAULTS: list[tuple[str, Any]] = [
     ("base64_ignored", 200),
     ("nan", 200),
     ("ok", 200),
+    (Fault(kind="slow", delay=0.001), 200),
+    (Fault.status(524), 524),
 ]
 
 
 @pytest.mark.parametrize(("name", "outcome"), ALL_FAULTS)
-async def test_every_fault_at_rate_one(name: str, outcome: Any) -> None:
+async def test_every_fault_at_rate_one(name: Any, outcome: Any) -> None:
     async with serving(faults=Faults(rates={name: 1.0}, seed=3)) as (server, session):
         for _ in range(2):
             if isinstance(outcome, int):
@@ -739,7 +746,8 @@ async def test_recording_can_be_turned_off() -> None:
 
 
 async def test_max_concurrent_counts_overlapping_requests() -> None:
-    async with serving(latency=0.1) as (server, session):
+    # Only the five concurrent requests are slow; the wide margin keeps a busy CI honest.
+    async with serving(script=[Fault(kind="slow", delay=0.25)] * 5) as (server, session):
         replies = await asyncio.gather(*(post(session, server, embed_body()) for _ in range(5)))
         assert [r.status for r in replies] == [200] * 5
         assert server.max_concurrent == 5
@@ -749,6 +757,16 @@ async def test_max_concurrent_counts_overlapping_requests() -> None:
         server.reset_stats()
         await post(session, server, embed_body())
         assert server.max_concurrent == 1
+
+
+async def test_a_client_that_hangs_up_is_recorded_as_499() -> None:
+    async with serving(latency=30.0) as (server, session):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(post(session, server, embed_body()), timeout=0.05)
+        # The server notices the hang-up by itself, well before the 30 s latency.
+        await asyncio.wait_for(server.wait_idle(), timeout=5)
+        assert server.stats.in_flight == 0
+        assert [r.status for r in server.requests] == [499]
 
 
 # -- connections ---------------------------------------------------------------------

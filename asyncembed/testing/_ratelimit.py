@@ -39,7 +39,8 @@ class Refusal:
     def headers(self) -> dict[str, str]:
         """``Retry-After`` (whole seconds, rounded up) and ``X-RateLimit-*`` (reset in epoch ms)."""
         return {
-            "Retry-After": str(max(0, math.ceil(self.retry_after))),
+            # Rounded first so that float noise (45.0000001) does not add a second.
+            "Retry-After": str(max(0, math.ceil(round(self.retry_after, 6)))),
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(self.remaining),
             "X-RateLimit-Reset": str(math.ceil(self.reset * 1000.0)),

@@ -12,21 +12,19 @@ import asyncio
 import hmac
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 import msgspec
-import numpy as np
 from aiohttp import web
 
 from .._types import Vector
 from ._faults import Fault, FaultPlan, Faults, FaultSpec
 from ._ratelimit import WindowLimiter
-from ._vectors import MAX_DIMENSIONS, count_tokens, embed_block, expected_vector
-from ._wire import BadRequest, ParsedRequest, error_body, parse_request
+from ._records import Recorder, RequestRecord, ServerStats
+from ._vectors import MAX_DIMENSIONS, count_tokens, expected_vector
+from ._wire import BadRequest, ParsedRequest, embeddings_body, error_body, parse_request
 
 __all__ = ["LocalServer", "RequestRecord", "ServerStats"]
 
@@ -41,86 +39,6 @@ _HTML_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
 )
-
-
-class _Item(msgspec.Struct):
-    object: str
-    embedding: Any  # list of floats, or bytes/memoryview that msgspec writes as base64
-    index: int
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int
-    total_tokens: int
-    cost: float
-
-
-class _Response(msgspec.Struct):
-    id: str
-    object: str
-    model: str
-    data: list[_Item]
-    usage: _Usage
-
-
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
-    """One request the server received.
-
-    Attributes:
-        path: The URL path.
-        status: The HTTP status answered (200 also for ``error_200``; 0 for ``reset``).
-        model: The request's model, or ``None`` if the body was not valid.
-        inputs: The inputs (texts or token lists), or ``None`` if the body was not
-            valid or ``record_inputs=False``.
-        n_inputs: The number of inputs (0 if the body was not valid).
-        encoding_format: ``"float"``, ``"base64"``, or ``None`` when not sent.
-        dimensions: The request's ``dimensions``, or ``None`` when not sent.
-        tokens: The request's token count (0 if the body was not valid).
-        fault: The fault name applied (``"429"``, ``"truncated"``...), ``"rate_limited"``
-            for a 429 from the RPM/TPM limits, or ``None``.
-        headers: The request headers, without ``Authorization``.
-        arrived: The server clock (``clock()``) when the request arrived.
-    """
-
-    path: str
-    status: int
-    model: str | None
-    inputs: list[str] | list[list[int]] | None
-    n_inputs: int
-    encoding_format: str | None
-    dimensions: int | None
-    tokens: int
-    fault: str | None
-    headers: Mapping[str, str]
-    arrived: float
-
-
-@dataclass(frozen=True, slots=True)
-class ServerStats:
-    """A snapshot of the server's counters since start (or :meth:`LocalServer.reset_stats`).
-
-    Attributes:
-        requests: Embedding requests received, whatever their outcome.
-        inputs: Inputs in requests that passed validation.
-        embedded: Inputs answered with a 200 carrying vectors.
-        tokens: Tokens billed (``usage.prompt_tokens`` of 200 answers).
-        cost: Cost billed (``usage.cost`` of 200 answers).
-        in_flight: Requests being handled now.
-        max_concurrent: The most requests handled at once.
-        statuses: Count of answers per HTTP status.
-        faults: Count of applied faults per name.
-    """
-
-    requests: int
-    inputs: int
-    embedded: int
-    tokens: int
-    cost: float
-    in_flight: int
-    max_concurrent: int
-    statuses: Mapping[int, int]
-    faults: Mapping[str, int]
 
 
 class LocalServer:
@@ -167,17 +85,6 @@ class LocalServer:
     """
 
     __test__ = False  # not a pytest test class, despite the name
-
-    _records: list[RequestRecord]
-    _requests: int
-    _inputs: int
-    _embedded: int
-    _tokens: int
-    _cost: float
-    _statuses: Counter[int]
-    _faults: Counter[str]
-    _in_flight: int
-    _max_concurrent: int
 
     def __init__(
         self,
@@ -236,8 +143,6 @@ class LocalServer:
         self.base64_unsupported_models = frozenset(base64_unsupported_models)
         self.base64_unsupported_mode = base64_unsupported_mode
         self.keepalive_timeout = keepalive_timeout
-        self.record_requests = record_requests
-        self.record_inputs = record_inputs
         self.max_body_bytes = max_body_bytes
         self._port = port
         self._expected_auth = f"Bearer {api_key}".encode() if api_key is not None else None
@@ -247,8 +152,9 @@ class LocalServer:
         self._runner: web.AppRunner | None = None
         self._closed = False
         self._ids = 0
-        self._in_flight = 0
-        self.reset_stats()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._recorder = Recorder(record_requests=record_requests, record_inputs=record_inputs)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -326,6 +232,10 @@ class LocalServer:
         """
         return self.url + "/api/v1"
 
+    async def wait_idle(self) -> None:
+        """Wait until no request is being handled (e.g. after a client hung up)."""
+        await self._idle.wait()
+
     # -- configuration at run time -------------------------------------------------
 
     def script(self, specs: Iterable[FaultSpec]) -> None:
@@ -375,14 +285,14 @@ class LocalServer:
     # -- request handling ----------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        self._requests += 1
-        self._in_flight += 1
-        if self._in_flight > self._max_concurrent:
-            self._max_concurrent = self._in_flight
+        self._recorder.enter()
+        self._idle.clear()
         try:
             return await self._serve(request, self._clock())
         finally:
-            self._in_flight -= 1
+            self._recorder.leave()
+            if not self._recorder.in_flight:
+                self._idle.set()
 
     async def _serve(self, request: web.Request, arrived: float) -> web.StreamResponse:
         if self._expected_auth is not None:
@@ -409,7 +319,7 @@ class LocalServer:
             body = error_body(exc.status, exc.message, availability=exc.availability)
             return self._error(request, arrived, None, exc.status, body)
         n = len(parsed.items)
-        self._inputs += n
+        self._recorder.inputs += n
         tokens = count_tokens(parsed.items)
         if self._limiter.too_large(tokens):
             message = (
@@ -427,16 +337,22 @@ class LocalServer:
                 request, arrived, parsed, 429, body, tokens, headers=headers, fault="rate_limited"
             )
         fault = self._plan.next()
+        name = fault.name if fault is not None else None
         delay = self.latency + self.latency_per_input * n
         if fault is not None:
-            self._faults[fault.name] += 1
+            _log.debug("fault %s for a request of %d inputs", fault.name, n)
+            self._recorder.faults[fault.name] += 1
             if fault.kind == "slow":
                 delay += fault.delay
         if delay > 0:
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                # The client hung up (aiohttp cancels the handler): 499, as nginx logs it.
+                self._recorder.finish(request, arrived, parsed, 499, tokens, name)
+                raise
         if fault is None or fault.kind in _BODY_FAULTS:
             return await self._embeddings(request, arrived, parsed, tokens, fault)
-        name = fault.name
         if fault.kind == "status":
             headers = {}
             if fault.retry_after is not None:
@@ -452,14 +368,14 @@ class LocalServer:
                 request, arrived, parsed, fault.code, body, tokens, headers=headers, fault=name
             )
         if fault.kind == "html_502":
-            self._finish(request, arrived, parsed, 502, tokens, name)
+            self._recorder.finish(request, arrived, parsed, 502, tokens, name)
             return web.Response(status=502, body=_HTML_502, content_type="text/html")
         if fault.kind == "error_200":
             metadata = {"provider_name": "LocalServer", "raw": "upstream provider failed"}
             body = error_body(502, "Provider returned error", metadata=metadata)
             return self._error(request, arrived, parsed, 200, body, tokens, fault=name)
         # "reset": hang up without a word.
-        self._finish(request, arrived, parsed, 0, tokens, name)
+        self._recorder.finish(request, arrived, parsed, 0, tokens, name)
         if request.transport is not None:
             request.transport.close()
         return web.Response()
@@ -473,6 +389,7 @@ class LocalServer:
         fault: Fault | None,
     ) -> web.StreamResponse:
         kind = fault.kind if fault is not None else None
+        name = fault.name if fault is not None else None
         base64 = parsed.encoding_format == "base64"
         empty = kind == "empty_data"
         if base64 and parsed.model in self.base64_unsupported_models:
@@ -483,17 +400,18 @@ class LocalServer:
             base64 = False
         self._ids += 1
         cost = tokens * self.price_per_token
-        body = _ENCODER.encode(
-            _Response(
-                id=f"embd-local-{self._ids:08d}",
-                object="list",
-                model=parsed.model,
-                data=[] if empty else self._items(parsed, base64=base64, kind=kind),
-                usage=_Usage(prompt_tokens=tokens, total_tokens=tokens, cost=cost),
-            )
+        body = embeddings_body(
+            parsed,
+            response_id=f"embd-local-{self._ids:08d}",
+            dimensions=parsed.dimensions or self.dimensions_for(parsed.model),
+            base64=base64,
+            empty=empty,
+            fault=kind,
+            tokens=tokens,
+            cost=cost,
+            rng=self._plan.rng,
         )
-        name = fault.name if fault is not None else None
-        self._finish(request, arrived, parsed, 200, tokens, name)
+        self._recorder.finish(request, arrived, parsed, 200, tokens, name)
         if kind == "truncated":
             response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
             response.content_length = len(body)
@@ -502,38 +420,8 @@ class LocalServer:
             if request.transport is not None:
                 request.transport.close()
             return response
-        if not empty:
-            self._embedded += len(parsed.items)
-        self._tokens += tokens
-        self._cost += cost
+        self._recorder.billed(0 if empty else len(parsed.items), tokens, cost)
         return web.Response(body=body, content_type="application/json")
-
-    def _items(self, parsed: ParsedRequest, *, base64: bool, kind: str | None) -> list[_Item]:
-        n = len(parsed.items)
-        dims = parsed.dimensions or self.dimensions_for(parsed.model)
-        block = embed_block(parsed.model, parsed.items, dims)
-        vectors: list[Any]
-        if base64:
-            if kind == "nan":
-                block[0, 0] = np.nan
-            raw = memoryview(block.astype("<f4", copy=False).tobytes())
-            row = dims * 4
-            vectors = [raw[i * row : (i + 1) * row] for i in range(n)]
-        else:
-            vectors = block.tolist()
-            if kind == "nan":
-                vectors[0][0] = None  # JSON has no NaN; a null is what gateways send
-        items = [_Item(object="embedding", embedding=v, index=i) for i, v in enumerate(vectors)]
-        if kind == "shuffled" and n > 1:
-            order = list(range(n))
-            self._plan.rng.shuffle(order)
-            if order == sorted(order):
-                order = order[1:] + order[:1]
-            items = [items[i] for i in order]
-        elif kind == "bad_index":
-            # A duplicate index, so the last one is missing (or out of range for one item).
-            items[-1].index = items[0].index if n > 1 else 1
-        return items
 
     def _error(
         self,
@@ -547,7 +435,7 @@ class LocalServer:
         headers: Mapping[str, str] | None = None,
         fault: str | None = None,
     ) -> web.Response:
-        self._finish(request, arrived, parsed, status, tokens, fault)
+        self._recorder.finish(request, arrived, parsed, status, tokens, fault)
         return web.Response(
             status=status,
             body=_ENCODER.encode(body),
@@ -555,95 +443,49 @@ class LocalServer:
             content_type="application/json",
         )
 
-    def _finish(
-        self,
-        request: web.Request,
-        arrived: float,
-        parsed: ParsedRequest | None,
-        status: int,
-        tokens: int,
-        fault: str | None,
-    ) -> None:
-        self._statuses[status] += 1
-        if not self.record_requests:
-            return
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
-        self._records.append(
-            RequestRecord(
-                path=request.path,
-                status=status,
-                model=parsed.model if parsed else None,
-                inputs=parsed.items if parsed and self.record_inputs else None,
-                n_inputs=len(parsed.items) if parsed else 0,
-                encoding_format=parsed.encoding_format if parsed else None,
-                dimensions=parsed.dimensions if parsed else None,
-                tokens=tokens,
-                fault=fault,
-                headers=headers,
-                arrived=arrived,
-            )
-        )
-
     # -- statistics ----------------------------------------------------------------
 
     def reset_stats(self) -> None:
         """Zero the counters and forget the recorded requests (not the rate limits)."""
-        self._records = []
-        self._requests = 0
-        self._inputs = 0
-        self._embedded = 0
-        self._tokens = 0
-        self._cost = 0.0
-        self._statuses = Counter()
-        self._faults = Counter()
-        # Requests still in flight keep counting; the peak restarts from them.
-        self._max_concurrent = self._in_flight
+        self._recorder.reset()
 
     @property
     def stats(self) -> ServerStats:
         """A snapshot of the counters."""
-        return ServerStats(
-            requests=self._requests,
-            inputs=self._inputs,
-            embedded=self._embedded,
-            tokens=self._tokens,
-            cost=self._cost,
-            in_flight=self._in_flight,
-            max_concurrent=self._max_concurrent,
-            statuses=MappingProxyType(dict(self._statuses)),
-            faults=MappingProxyType(dict(self._faults)),
-        )
+        return self._recorder.snapshot()
 
     @property
     def requests(self) -> list[RequestRecord]:
         """The requests received so far, oldest first (a copy)."""
-        return list(self._records)
+        return list(self._recorder.records)
 
     @property
     def requests_count(self) -> int:
         """Embedding requests received."""
-        return self._requests
+        return self._recorder.requests
 
     @property
     def inputs_count(self) -> int:
         """Inputs in requests that passed validation."""
-        return self._inputs
+        return self._recorder.inputs
 
     @property
     def max_concurrent(self) -> int:
         """The most requests handled at once."""
-        return self._max_concurrent
+        return self._recorder.max_concurrent
 
     def __repr__(self) -> str:
         where = self.url if self._runner is not None else "not running"
         return (
-            f"<LocalServer {where} requests={self._requests} in_flight={self._in_flight} "
+            f"<LocalServer {where} requests={self._recorder.requests} "
+            f"in_flight={self._recorder.in_flight} "
             f"script_remaining={self._plan.remaining}>"
         )
 
 
 def _seconds(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:g}"
+    # "1", "0.25": plain decimals, never an exponent.
+    return format(value, ".6f").rstrip("0").rstrip(".") or "0"
 
 
 def _check(condition: bool, message: str) -> None:

@@ -7,18 +7,21 @@ cannot decode directly, and because each mistake needs its own 400 message.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import numpy as np
 
-from ._vectors import MAX_DIMENSIONS
+from ._vectors import MAX_DIMENSIONS, embed_block
 
 __all__ = [
     "BadRequest",
     "ParsedRequest",
     "RequestBody",
+    "embeddings_body",
     "error_body",
     "parse_request",
 ]
@@ -94,7 +97,9 @@ class ParsedRequest:
     dimensions: int | None
 
 
+_MAX_TOKEN_ID = 2**31 - 1  # vocabularies are far smaller; bigger ids are a client bug
 _DECODER = msgspec.json.Decoder(RequestBody)
+_ENCODER = msgspec.json.Encoder()
 
 
 def parse_request(
@@ -113,7 +118,7 @@ def parse_request(
     try:
         body = _DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"Request body must be a JSON object: {exc}") from None
+        raise BadRequest(f"Invalid request body (expected a JSON object): {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"Invalid JSON in request body: {exc}") from None
     model = body.model
@@ -189,8 +194,8 @@ def _parse_input(value: Any) -> list[str] | list[list[int]]:
 def _check_tokens(tokens: list[Any], where: str) -> None:
     if not all(type(token) is int for token in tokens):
         raise BadRequest(f"'{where}' must contain only integer token ids")
-    if min(tokens) < 0:
-        raise BadRequest(f"'{where}' must contain only non-negative token ids")
+    if min(tokens) < 0 or max(tokens) > _MAX_TOKEN_ID:
+        raise BadRequest(f"'{where}' token ids must be in 0..{_MAX_TOKEN_ID}")
 
 
 def _short(value: Any) -> str:
@@ -235,3 +240,84 @@ def error_body(
     elif isinstance(availability, Mapping):
         error["availability"] = dict(availability)
     return {"error": error}
+
+
+class _Item(msgspec.Struct):
+    object: str
+    embedding: Any  # list of floats, or bytes/memoryview that msgspec writes as base64
+    index: int
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int
+    total_tokens: int
+    cost: float
+
+
+class _Response(msgspec.Struct):
+    id: str
+    object: str
+    model: str
+    data: list[_Item]
+    usage: _Usage
+
+
+def embeddings_body(
+    parsed: ParsedRequest,
+    *,
+    response_id: str,
+    dimensions: int,
+    base64: bool,
+    empty: bool,
+    fault: str | None,
+    tokens: int,
+    cost: float,
+    rng: random.Random,
+) -> bytes:
+    """The JSON of a 200 answer, altered as the fault kind says.
+
+    Args:
+        parsed: The request.
+        response_id: The body's ``id``.
+        dimensions: The vector length.
+        base64: Send base64 strings (raw little-endian float32) instead of float arrays.
+        empty: Send ``data: []``.
+        fault: ``"nan"``, ``"shuffled"``, ``"bad_index"`` alter the data; others do not.
+        tokens: ``usage.prompt_tokens`` and ``usage.total_tokens``.
+        cost: ``usage.cost``.
+        rng: The seeded RNG that shuffles the data.
+    """
+    data = [] if empty else _items(parsed, dimensions, base64=base64, fault=fault, rng=rng)
+    usage = _Usage(prompt_tokens=tokens, total_tokens=tokens, cost=cost)
+    response = _Response(id=response_id, object="list", model=parsed.model, data=data, usage=usage)
+    return _ENCODER.encode(response)
+
+
+def _items(
+    parsed: ParsedRequest, dims: int, *, base64: bool, fault: str | None, rng: random.Random
+) -> list[_Item]:
+    n = len(parsed.items)
+    block = embed_block(parsed.model, parsed.items, dims)
+    vectors: list[Any]
+    if base64:
+        if fault == "nan":
+            block[0, 0] = np.nan
+        # One buffer for the whole block, sliced per row: msgspec writes each as base64.
+        raw = memoryview(block.astype("<f4", copy=False).tobytes())
+        row = dims * 4
+        vectors = [raw[i * row : (i + 1) * row] for i in range(n)]
+    else:
+        vectors = block.tolist()
+        if fault == "nan":
+            vectors[0][0] = None  # JSON has no NaN; a null is what gateways send
+    items = [_Item(object="embedding", embedding=v, index=i) for i, v in enumerate(vectors)]
+    if fault == "shuffled" and n > 1:
+        order = list(range(n))
+        rng.shuffle(order)
+        if order == sorted(order):
+            order = order[1:] + order[:1]
+        items = [items[i] for i in order]
+    elif fault == "bad_index":
+        # A duplicate index, so the last one is missing (or out of range for one item).
+        items[-1].index = items[0].index if n > 1 else 1
+    return items
