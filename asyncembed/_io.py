@@ -10,7 +10,8 @@ Error tree (all also :class:`ValueError`, except the missing extra)::
     AsyncEmbedError
     ├── InputFileError       the corpus file is missing, unreadable or malformed
     ├── OutputFileError      the output cannot be written where asked, or cannot be resumed
-    ├── JobMismatchError     a state file belongs to a different job (asyncembed._store)
+    ├── StoreError           a state or cache file is unusable (asyncembed._store)
+    │   └── JobMismatchError a state file records a different job
     └── MissingExtraError    pyarrow is needed but not installed (also an ImportError)
 """
 
@@ -49,10 +50,17 @@ class InputFileError(AsyncEmbedError, ValueError):
         line: The 1-based line (text, JSONL, CSV) or record (Parquet) number, or ``None``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], message: str, *, line: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        message: str,
+        *,
+        line: int | None = None,
+        unit: str = "line",
+    ) -> None:
         self.path = Path(path)
         self.line = line
-        where = f"{self.path}: " if line is None else f"{self.path}: line {line}: "
+        where = f"{self.path}: " if line is None else f"{self.path}: {unit} {line}: "
         super().__init__(where + message)
 
 
@@ -63,7 +71,7 @@ class OutputFileError(AsyncEmbedError, ValueError):
         path: The output path the user asked for.
     """
 
-    def __init__(self, path: str | os.PathLike[str], message: str):
+    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
         self.path = Path(path)
         super().__init__(f"{self.path}: {message}")
 

@@ -98,11 +98,10 @@ class Reader(abc.ABC):
         except OSError as exc:
             raise InputFileError(self.path, f"cannot open: {exc.strerror or exc}") from exc
 
-    def _check_text(self, text: str, line: int, what: str = "text") -> str:
+    def _check_text(self, text: str, line: int, what: str = "text", unit: str = "line") -> str:
         if not text or text.isspace():
-            raise InputFileError(
-                self.path, f"empty {what} (empty texts cannot be embedded)", line=line
-            )
+            msg = f"empty {what} (empty texts cannot be embedded)"
+            raise InputFileError(self.path, msg, line=line, unit=unit)
         return text
 
     def _decode(self, raw: bytes, line: int) -> str:
@@ -170,21 +169,11 @@ class _FieldReader(Reader):
 class JsonlReader(_FieldReader):
     """One JSON object per line; the text is in ``field``, the id in ``id_field``.
 
-    Args:
-        path: The input file.
-        field: The name of the string field holding the text.
-        id_field: The field holding each record's id (a string or an integer), or
-            ``None`` to use 0-based line numbers.
-
-    Raises:
-        InputFileError: The file does not exist.
+    Ids are the ``id_field`` values (strings or integers), or 0-based line numbers when
+    ``id_field`` is ``None``. A blank line is an error, like any line that is not an object.
     """
 
-    def __init__(
-        self, path: str | os.PathLike[str], *, field: str = "text", id_field: str | None = None
-    ) -> None:
-        super().__init__(path, field=field, id_field=id_field)
-        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+    _decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
     def count(self) -> int:
         return self._count_lines()
@@ -299,7 +288,7 @@ class ParquetReader(_FieldReader):
     """A Parquet file read in record batches; the text is in string column ``field``.
 
     Needs pyarrow (the ``parquet`` extra). Ids come from ``id_field`` (an integer or string
-    column) or are 0-based row numbers. Errors name the 1-based record number as ``line``.
+    column) or are 0-based row numbers. Errors name the 1-based record number.
 
     Args:
         path: The input file.
@@ -368,12 +357,13 @@ class ParquetReader(_FieldReader):
                     continue
                 row = index + k
                 if text is None:
-                    raise InputFileError(self.path, "null text", line=row + 1)
-                self._check_text(text, row + 1)
+                    raise InputFileError(self.path, "null text", line=row + 1, unit="record")
+                self._check_text(text, row + 1, unit="record")
                 if self.id_field is None:
                     yield row, text
                 elif record_id is None:
-                    raise InputFileError(self.path, f"null id in {self.id_field!r}", line=row + 1)
+                    msg = f"null id in {self.id_field!r}"
+                    raise InputFileError(self.path, msg, line=row + 1, unit="record")
                 else:
                     yield record_id, text
             index += len(texts)

@@ -43,18 +43,19 @@ import numpy.typing as npt
 from ._exceptions import AsyncEmbedError
 from ._io import Checkpoint, InputFileError
 
-__all__ = ["Cache", "JobIdentity", "JobMismatchError", "JobState", "JobStateError", "fingerprint"]
+__all__ = ["Cache", "JobIdentity", "JobMismatchError", "JobState", "StoreError", "fingerprint"]
 
 _SCHEMA_VERSION = 1
 _SAMPLE = 1 << 20  # bytes hashed at each of three places in the input file
 _MAX_PARAMS = 500  # SQLite host parameters per statement (old builds allow only 999)
 
 
-class JobStateError(AsyncEmbedError, ValueError):
-    """The state file is not usable: not an asyncembed state file, or misused."""
+class StoreError(AsyncEmbedError, ValueError):
+    """A state or cache file is unusable (missing folder, not an asyncembed database), or
+    the job state is misused (progress recorded before ``begin()``, or going backwards)."""
 
 
-class JobMismatchError(JobStateError):
+class JobMismatchError(StoreError):
     """The state file records a different job (input, model, output...): not resumed."""
 
 
@@ -187,13 +188,13 @@ class JobState:
         path: The state file; created if missing (its folder must exist).
 
     Raises:
-        JobStateError: The folder is missing, or the file is not an asyncembed state file.
+        StoreError: The folder is missing, or the file is not an asyncembed state file.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._conn = _connect(self.path, JobStateError, _JOB_SCHEMA)
+        self._conn = _connect(self.path, StoreError, _JOB_SCHEMA)
         self._identity: JobIdentity | None = None
 
     def __repr__(self) -> str:
@@ -255,14 +256,14 @@ class JobState:
         """Record a checkpoint that ``Writer.flush()`` returned (call it after the flush).
 
         Raises:
-            JobStateError: :meth:`begin` was not called, or the checkpoint goes backwards
+            StoreError: :meth:`begin` was not called, or the checkpoint goes backwards
                 or changes the dimension.
         """
         current = self._started_checkpoint()
         if checkpoint.rows < current.rows:
-            raise JobStateError(f"checkpoint goes back from {current.rows} to {checkpoint.rows}")
+            raise StoreError(f"checkpoint goes back from {current.rows} to {checkpoint.rows}")
         if current.dim is not None and checkpoint.dim != current.dim:
-            raise JobStateError(f"checkpoint dim {checkpoint.dim} != recorded {current.dim}")
+            raise StoreError(f"checkpoint dim {checkpoint.dim} != recorded {current.dim}")
         with self._lock, self._conn:
             self._conn.execute(
                 "UPDATE job SET rows_done = ?, dim = ?, byte_offset = ?, updated_at = ?",
@@ -273,12 +274,12 @@ class JobState:
         """Record that ``Writer.finish()`` completed the output.
 
         Raises:
-            JobStateError: :meth:`begin` was not called, or not every row is recorded.
+            StoreError: :meth:`begin` was not called, or not every row is recorded.
         """
         current = self._started_checkpoint()
         assert self._identity is not None
         if current.rows != self._identity.rows:
-            raise JobStateError(f"only {current.rows} of {self._identity.rows} rows recorded")
+            raise StoreError(f"only {current.rows} of {self._identity.rows} rows recorded")
         with self._lock, self._conn:
             self._conn.execute("UPDATE job SET finished = 1, updated_at = ?", (time.time(),))
 
@@ -289,7 +290,7 @@ class JobState:
 
     def _started_checkpoint(self) -> Checkpoint:
         if self._identity is None:
-            raise JobStateError("call begin() before recording progress")
+            raise StoreError("call begin() before recording progress")
         return self.checkpoint
 
 
@@ -312,13 +313,13 @@ class Cache:
         path: The cache file; created if missing (its folder must exist).
 
     Raises:
-        JobStateError: The folder is missing, or the file is not an asyncembed cache.
+        StoreError: The folder is missing, or the file is not an asyncembed cache.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._conn = _connect(self.path, JobStateError, _CACHE_SCHEMA)
+        self._conn = _connect(self.path, StoreError, _CACHE_SCHEMA)
         self.hits = 0
         """Texts found by :meth:`get_many` since this object was opened."""
         self.misses = 0

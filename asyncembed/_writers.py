@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -74,9 +74,9 @@ class Writer(abc.ABC):
             if resume.rows == rows and self._is_done(resume):
                 self._finished = True  # crashed after finish() renamed, before it was recorded
             else:
-                self._reopen(resume)
+                self._opening(self._reopen, resume)
         elif dim is not None:
-            self._create()
+            self._opening(self._create)
 
     def __repr__(self) -> str:
         state = "finished" if self._finished else "closed" if self._closed else "open"
@@ -132,7 +132,7 @@ class Writer(abc.ABC):
             if arr.shape[1] < 1:
                 raise ValueError("vectors must have at least one dimension")
             self.dim = arr.shape[1]
-            self._create()
+            self._opening(self._create)
         if len(arr):
             self._write(start, arr, ids)
             self._written += len(arr)
@@ -177,6 +177,14 @@ class Writer(abc.ABC):
         self.close()
         if not self._finished:
             self._discard()
+
+    def _opening(self, step: Callable[..., None], *args: object) -> None:
+        """Run ``step``, closing any file it opened if it fails."""
+        try:
+            step(*args)
+        except BaseException:
+            self._close()
+            raise
 
     def _check_open(self) -> None:
         if self._finished:
