@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import anyio
+
 from ._clock import Clock
 from ._config import Batching
 from ._exceptions import EmbedderClosedError
@@ -30,13 +32,15 @@ Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 class _Batch:
-    __slots__ = ("deadline", "texts", "tokens", "unbounded")
+    __slots__ = ("deadline", "request", "texts", "timer", "tokens", "unbounded")
 
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.tokens = 0
         self.deadline: float | None = None
         self.unbounded = False  # some caller has no deadline
+        self.timer = anyio.CancelScope()  # the max_wait timer, cancelled once sent
+        self.request = anyio.CancelScope()  # the request, cancelled if every caller leaves
 
 
 class Batcher:
@@ -71,6 +75,8 @@ class Batcher:
         self._batch = _Batch()
         # text -> futures of every caller waiting for it, queued or in flight.
         self._waiting: dict[str, list[asyncio.Future[Vector]]] = {}
+        # text -> the batch carrying it, while in flight.
+        self._sending: dict[str, _Batch] = {}
 
     @property
     def queued(self) -> int:
@@ -113,20 +119,32 @@ class Batcher:
         batch = self._batch
         if batch.texts:
             self._batch = _Batch()
+            batch.timer.cancel()
             self._spawn(lambda: self._send(batch))
+
+    def abandoned(self, text: str) -> None:
+        """A caller of ``text`` was cancelled: stop its request if nobody else waits."""
+        batch = self._sending.get(text)
+        if batch is None:
+            return  # still queued: skipped when the batch is sent
+        waiting = self._waiting
+        if all(f.done() for t in batch.texts for f in waiting.get(t, ())):
+            batch.request.cancel()
 
     def fail_queued(self, exc: BaseException) -> None:
         """Fail every caller of the batch being filled (closing without sending)."""
         batch, self._batch = self._batch, _Batch()
+        batch.timer.cancel()
         for text in batch.texts:
             for future in self._waiting.pop(text, ()):
                 if not future.done():
                     future.set_exception(exc)
 
     async def _flush_later(self, batch: _Batch) -> None:
-        await self._clock.sleep(self._max_wait)
-        if self._batch is batch:
-            self.flush()
+        with batch.timer:
+            await self._clock.sleep(self._max_wait)
+            if self._batch is batch:
+                self.flush()
 
     async def _send(self, batch: _Batch) -> None:
         waiting = self._waiting
@@ -138,9 +156,18 @@ class Batcher:
                 del waiting[text]  # every caller left before the batch was sent
         if not texts:
             return
+        batch.texts = texts
+        sending = self._sending
+        for text in texts:
+            sending[text] = batch
         deadline = None if batch.unbounded else batch.deadline
         try:
-            outcome = await self._deliver(texts, deadline)
+            with batch.request:
+                outcome = await self._deliver(texts, deadline)
+            if batch.request.cancelled_caught:
+                for text in texts:
+                    waiting.pop(text, None)
+                return
         except BaseException as exc:
             failure: BaseException = exc
             if not isinstance(exc, Exception):  # cancelled: the Embedder is shutting down
@@ -152,6 +179,9 @@ class Batcher:
             if failure is not exc:
                 raise  # let cancellation through; errors went to the callers
             return
+        finally:
+            for text in texts:
+                sending.pop(text, None)
         vectors, errors = outcome.vectors, outcome.errors
         for i, text in enumerate(texts):
             futures = waiting.pop(text, ())

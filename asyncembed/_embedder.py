@@ -7,7 +7,7 @@ import enum
 import os
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar, overload
 
 import aiohttp
@@ -216,11 +216,14 @@ class Embedder(anyio.AsyncContextManagerMixin):
         """
         self._check_open()
         text = self._estimator.check_text(text)
-        if timeout is None:
-            return await self._batcher.submit(text, None)
-        future = self._batcher.submit(text, self._clock.now() + timeout)
+        deadline = None if timeout is None else self._clock.now() + timeout
+        future = self._batcher.submit(text, deadline)
         with anyio.move_on_after(timeout):
-            return await future
+            try:
+                return await future
+            except asyncio.CancelledError:
+                self._batcher.abandoned(text)
+                raise
         raise APITimeoutError(f"embed() did not finish within {timeout} s")
 
     async def embed_many(
@@ -243,13 +246,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
         """
         self._check_open()
         items = self._check_many(texts)
-        with anyio.fail_after(timeout) if timeout is not None else nullcontext():
-            try:
-                return await self._embed_chunked(items, BULK)
-            except TimeoutError as exc:
-                if isinstance(exc, APITimeoutError):
-                    raise
-                raise APITimeoutError(f"embed_many() did not finish within {timeout} s") from None
+        with anyio.move_on_after(timeout):
+            return await self._embed_chunked(items, BULK)
+        raise APITimeoutError(f"embed_many() did not finish within {timeout} s")
 
     @overload
     def stream(

@@ -5,8 +5,6 @@ that an unset field never reaches the server; responses tolerate unknown fields,
 because OpenRouter adds keys (``provider``, ``cost_details``...) without notice.
 """
 
-from __future__ import annotations
-
 from typing import Any, Literal
 
 import msgspec

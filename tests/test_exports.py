@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import asyncembed
+import asyncembed.testing
+
+
+def test_all_is_sorted_and_complete() -> None:
+    public = {name for name in dir(asyncembed) if not name.startswith("_")}
+    public -= {"testing"}  # the subpackage, imported by this test
+    assert asyncembed.__all__ == sorted(asyncembed.__all__, key=lambda n: (n.startswith("_"), n))
+    assert public == {n for n in asyncembed.__all__ if not n.startswith("_")}
+
+
+def test_public_names_live_in_the_package_namespace() -> None:
+    for name in asyncembed.__all__:
+        obj = getattr(asyncembed, name)
+        if isinstance(obj, type):
+            assert obj.__module__ == "asyncembed", name
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    for module in (asyncembed, asyncembed.testing):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if callable(obj):
+                assert (obj.__doc__ or "").strip(), f"{module.__name__}.{name} has no docstring"
+
+
+def test_testing_all_is_sorted() -> None:
+    assert asyncembed.testing.__all__ == sorted(asyncembed.testing.__all__)
