@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 import pytest
 
@@ -75,7 +76,7 @@ async def test_max_tokens_splits_batches_by_text_size() -> None:
         async with anyio.create_task_group() as tg:
             for i in range(6):
                 tg.start_soon(call, i)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             await embedder.aclose()  # flush the tail
         assert [r.n_inputs for r in server.requests] == [2, 2, 2]
 
@@ -90,7 +91,7 @@ async def test_duplicate_texts_waiting_together_are_sent_once() -> None:
         async with anyio.create_task_group() as tg:
             for i in range(50):
                 tg.start_soon(call, f"t{i % 5}")
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             embedder._batcher.flush()
         assert server.inputs_count == 5
         assert embedder.stats.deduplicated == 45
@@ -121,7 +122,7 @@ async def test_embed_many_keeps_input_order_and_sends_repeats_once() -> None:
 
 
 async def test_embed_many_accepts_token_lists() -> None:
-    async with setup() as (server, embedder):
+    async with setup() as (_, embedder):
         matrix = await embedder.embed_many([[1, 2, 3], [4, 5]])
         np.testing.assert_array_equal(matrix[1], expected_vector(MODEL, [4, 5], DIMS))
 
@@ -167,7 +168,7 @@ async def test_bad_input_fails_at_the_call_site_and_alone(call: Any, error: type
     async with setup(batching=Batching(max_wait=10.0)) as (server, embedder):
         async with anyio.create_task_group() as tg:
             tg.start_soon(embedder.embed, "innocent")
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             with pytest.raises(error):
                 await call(embedder)
             assert embedder.stats.queued == 1
@@ -224,7 +225,7 @@ async def test_stream_yields_blocks_in_order_with_bounded_reading() -> None:
             yield f"line {i}"
 
     async with setup(batching=Batching(max_size=10), limits=Limits(max_concurrency=2)) as (
-        server,
+        _,
         embedder,
     ):
         expected_start = 0
@@ -241,7 +242,7 @@ async def test_stream_of_pairs_yields_ids() -> None:
         for i in range(25):
             yield (f"id-{i}", f"text {i}")
 
-    async with setup(batching=Batching(max_size=10)) as (server, embedder):
+    async with setup(batching=Batching(max_size=10)) as (_, embedder):
         seen: list[str] = []
         async for ids, block in embedder.stream(pairs()):
             assert len(ids) == len(block)
@@ -251,7 +252,7 @@ async def test_stream_of_pairs_yields_ids() -> None:
 
 
 async def test_stream_bad_item_names_its_position() -> None:
-    async with setup() as (server, embedder):
+    async with setup() as (_, embedder):
         with pytest.raises(asyncembed.InvalidInputError, match="item 2"):
             async for _ in embedder.stream(["a", "b", "", "d"]):
                 pass
@@ -286,7 +287,7 @@ async def test_aclose_sends_what_is_queued_or_fails_it_on_request() -> None:
                     results.append(await embedder.embed("queued"))
 
                 tg.start_soon(call)
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
                 await embedder.aclose()
             assert len(results) == 1 and server.requests_count == 1
 
@@ -303,7 +304,7 @@ async def test_aclose_sends_what_is_queued_or_fails_it_on_request() -> None:
                         errors.append(exc)
 
                 tg.start_soon(failing)
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
                 await embedder.aclose(cancel_pending=True)
             assert len(errors) == 1 and server.requests_count == 1
 
@@ -318,7 +319,7 @@ async def test_caller_owned_session_stays_open() -> None:
 
 
 async def test_per_call_timeout() -> None:
-    async with setup(server_kw={"latency": 5.0}) as (server, embedder):
+    async with setup(server_kw={"latency": 5.0}) as (_, embedder):
         with pytest.raises(asyncembed.APITimeoutError) as info:
             await embedder.embed("slow", timeout=0.05)
         assert isinstance(info.value, TimeoutError)

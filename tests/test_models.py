@@ -3,8 +3,14 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from asyncembed import EmbeddingRequest, EmbeddingResponse, MaxPrice, Percentiles
-from asyncembed import ProviderPreferences, ProviderSort
+from asyncembed import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    MaxPrice,
+    Percentiles,
+    ProviderPreferences,
+    ProviderSort,
+)
 from asyncembed._codec import encode_request
 from asyncembed._models import ErrorBody
 

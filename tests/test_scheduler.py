@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from asyncembed import Limits
@@ -48,16 +49,16 @@ async def test_concurrency_is_never_exceeded_and_priority_goes_first() -> None:
         async with scheduler.slot(1, priority):
             peak = max(peak, scheduler.in_flight)
             order.append(name)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     await scheduler.acquire(1)
     await scheduler.acquire(1)  # both slots taken: everyone below queues
     async with anyio.create_task_group() as tg:
         for i in range(3):
             tg.start_soon(job, f"bulk{i}", BULK)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         tg.start_soon(job, "live", LIVE)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         assert scheduler.waiting == 4
         scheduler.release()
         scheduler.release()
