@@ -25,6 +25,7 @@ from ._models import ProviderPreferences
 from ._scheduler import BULK, LIVE, Scheduler
 from ._sender import Outcome, RequestOptions, Sender
 from ._stats import Counters, Stats
+from ._store import Cache
 from ._stream import stream_blocks
 from ._transport import HTTPTransport, Transport
 from ._types import EncodingFormat, Input, Matrix, Vector
@@ -73,6 +74,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
         transport: Any :class:`Transport`; overrides ``base_url``, ``api_key``,
             ``session`` and ``timeouts``.
         allow_insecure: Allow sending the key over plain ``http://`` to another host.
+        cache: A :class:`Cache` or a path to one (SQLite): texts embedded before with
+            the same model and dimensions are answered from it, never paid twice.
+            A path opened here is closed with the Embedder.
         clock: Time source (tests pass :class:`asyncembed.testing.FakeClock`).
 
     Raises:
@@ -100,6 +104,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         session: aiohttp.ClientSession | None = None,
         transport: Transport | None = None,
         allow_insecure: bool = False,
+        cache: Cache | str | os.PathLike[str] | None = None,
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(model, str) or not model:
@@ -129,6 +134,10 @@ class Embedder(anyio.AsyncContextManagerMixin):
             headers=headers,
             allow_insecure=allow_insecure,
         )
+        self._owns_cache = cache is not None and not isinstance(cache, Cache)
+        self.cache: Cache | None = (
+            cache if isinstance(cache, Cache) or cache is None else Cache(cache)
+        )
         self._clock = clock or SystemClock()
         self._counters = Counters()
         self._estimator = TokenEstimator(self.batching)
@@ -149,6 +158,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
             retry=self.retry,
             limits=self.limits,
             encoding_format=encoding_format,
+            cache=self.cache,
         )
         self._batcher = Batcher(
             self.batching, self._estimator, self._clock, self._spawn, self._deliver, self._counters
@@ -335,6 +345,8 @@ class Embedder(anyio.AsyncContextManagerMixin):
             await self._idle
         if self._owns_transport:
             await self._transport.aclose()
+        if self._owns_cache and self.cache is not None:
+            self.cache.close()
 
     # -- internals -------------------------------------------------------------
 

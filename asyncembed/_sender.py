@@ -30,6 +30,7 @@ from ._models import EmbeddingRequest, ProviderPreferences
 from ._retry import retrying
 from ._scheduler import LIVE, Scheduler
 from ._stats import Counters
+from ._store import Cache
 from ._transport import Transport
 from ._types import EncodingFormat, Input, Matrix
 
@@ -94,7 +95,9 @@ class Sender:
         retry: Retry,
         limits: Limits,
         encoding_format: EncodingFormat,
+        cache: Cache | None = None,
     ) -> None:
+        self._cache = cache
         self._transport = transport
         self._scheduler = scheduler
         self._estimator = estimator
@@ -112,13 +115,51 @@ class Sender:
         priority: int = LIVE,
         deadline: float | None = None,
     ) -> Outcome:
-        """Embed one batch; bisect it when the server rejects it as bad input.
+        """Embed one batch (cache first, when there is one); isolate bad inputs.
 
         Raises:
             APIStatusError: a failure that concerns the whole batch (401, 402, 404,
                 retries exhausted...).
             APIConnectionError, ProtocolError, BudgetExceededError: likewise.
         """
+        if self._cache is None or not inputs or not isinstance(inputs[0], str):
+            return await self._run(inputs, priority, deadline)
+        texts: list[str] = list(inputs)  # type: ignore[arg-type]
+        return await self._run_cached(self._cache, texts, priority, deadline)
+
+    async def _run_cached(
+        self, cache: Cache, texts: list[str], priority: int, deadline: float | None
+    ) -> Outcome:
+        model, dims = self._options.model, self._options.dimensions
+        # SQLite is blocking I/O: keep it off the event loop.
+        found = await anyio.to_thread.run_sync(cache.get_many, model, dims, texts)
+        missing = [i for i, vector in enumerate(found) if vector is None]
+        self._counters.cache_hits += len(texts) - len(missing)
+        self._counters.cache_misses += len(missing)
+        if not missing:
+            return Outcome(np.stack(found))  # type: ignore[arg-type]
+        fresh = await self._run([texts[i] for i in missing], priority, deadline)
+        if fresh.vectors is None:
+            return Outcome(None, {missing[k]: exc for k, exc in fresh.errors.items()})
+        good = [k for k in range(len(missing)) if k not in fresh.errors]
+        await anyio.to_thread.run_sync(
+            cache.put_many, model, dims, [texts[missing[k]] for k in good], fresh.vectors[good]
+        )
+        if len(missing) == len(texts):
+            return fresh
+        matrix = np.zeros((len(texts), fresh.vectors.shape[1]), np.float32)
+        matrix[missing] = fresh.vectors
+        for i, vector in enumerate(found):
+            if vector is not None:
+                matrix[i] = vector
+        return Outcome(matrix, {missing[k]: exc for k, exc in fresh.errors.items()})
+
+    async def _run(
+        self,
+        inputs: Sequence[str] | Sequence[Sequence[int]],
+        priority: int,
+        deadline: float | None,
+    ) -> Outcome:
         try:
             batch: Input = list(inputs)  # type: ignore[assignment]
             result = await self.request(batch, priority=priority, deadline=deadline)
@@ -131,7 +172,7 @@ class Sender:
             halves: list[Outcome] = [Outcome(None), Outcome(None)]
 
             async def half(k: int, part: Sequence[str] | Sequence[Sequence[int]]) -> None:
-                halves[k] = await self.run(part, priority=priority, deadline=deadline)
+                halves[k] = await self._run(part, priority, deadline)
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(half, 0, inputs[:mid])

@@ -326,3 +326,23 @@ async def test_per_call_timeout() -> None:
         with pytest.raises(asyncembed.APITimeoutError):
             await embedder.embed_many(["slow too"], timeout=0.05)
         await embedder.aclose(cancel_pending=True)
+
+
+async def test_cache_answers_repeated_texts_across_embedders(tmp_path: Any) -> None:
+    path = tmp_path / "cache.sqlite"
+    async with LocalServer(dimensions=DIMS) as server:
+        async with Embedder(MODEL, base_url=server.base_url, cache=path) as embedder:
+            first = await embedder.embed_many(["a", "b", "c"])
+            assert embedder.stats.cache_misses == 3
+        async with Embedder(MODEL, base_url=server.base_url, cache=path) as embedder:
+            again = await embedder.embed_many(["a", "b", "c", "d"])
+            vector = await embedder.embed("b")
+            stats = embedder.stats
+        np.testing.assert_array_equal(again[:3], first)
+        np.testing.assert_array_equal(again[3], want("d"))
+        np.testing.assert_array_equal(vector, want("b"))
+        assert (stats.cache_hits, stats.cache_misses) == (4, 1)
+        assert server.inputs_count == 4  # a, b, c once, then d
+        async with Embedder(MODEL, base_url=server.base_url, cache=path, dimensions=8) as other:
+            await other.embed("a")  # another dimension count is another key
+        assert server.inputs_count == 5
