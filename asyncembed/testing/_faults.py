@@ -31,7 +31,8 @@ FaultKind: TypeAlias = Literal[
     "base64_ignored",
     "nan",
 ]
-"""The kinds of :class:`Fault`.
+# Type aliases are shared typing objects: the export test and help() read __doc__.
+FaultKind.__doc__ = """The kinds of :class:`Fault`.
 
 - ``ok``: no fault (a placeholder in a script).
 - ``status``: an error status with OpenRouter's JSON envelope (``Fault.status(code)``).
@@ -173,7 +174,9 @@ class Fault:
 
 
 FaultSpec: TypeAlias = Fault | FaultKind | str | int
-"""A script entry or a :class:`Faults` key: a :class:`Fault`, a kind name, or a status code."""
+FaultSpec.__doc__ = (
+    "A script entry or a :class:`Faults` key: a :class:`Fault`, a kind name, or a status code."
+)
 
 
 # Mapping is invariant in its key type: accept plain dict[str, float] and friends too.
