@@ -39,8 +39,10 @@ class _Batch:
         self.tokens = 0
         self.deadline: float | None = None
         self.unbounded = False  # some caller has no deadline
-        self.timer = anyio.CancelScope()  # the max_wait timer, cancelled once sent
-        self.request = anyio.CancelScope()  # the request, cancelled if every caller leaves
+        # Cancel scopes of the max_wait timer (cancelled once the batch is sent) and of
+        # the request (cancelled when every caller has left); made inside the event loop.
+        self.timer: anyio.CancelScope | None = None
+        self.request: anyio.CancelScope | None = None
 
 
 class Batcher:
@@ -111,6 +113,7 @@ class Batcher:
         if len(batch.texts) >= self._max_size:
             self.flush()
         elif len(batch.texts) == 1:
+            batch.timer = anyio.CancelScope()
             self._spawn(lambda: self._flush_later(batch))
         return future
 
@@ -119,7 +122,8 @@ class Batcher:
         batch = self._batch
         if batch.texts:
             self._batch = _Batch()
-            batch.timer.cancel()
+            if batch.timer is not None:
+                batch.timer.cancel()
             self._spawn(lambda: self._send(batch))
 
     def abandoned(self, text: str) -> None:
@@ -128,19 +132,21 @@ class Batcher:
         if batch is None:
             return  # still queued: skipped when the batch is sent
         waiting = self._waiting
-        if all(f.done() for t in batch.texts for f in waiting.get(t, ())):
+        if batch.request and all(f.done() for t in batch.texts for f in waiting.get(t, ())):
             batch.request.cancel()
 
     def fail_queued(self, exc: BaseException) -> None:
         """Fail every caller of the batch being filled (closing without sending)."""
         batch, self._batch = self._batch, _Batch()
-        batch.timer.cancel()
+        if batch.timer is not None:
+            batch.timer.cancel()
         for text in batch.texts:
             for future in self._waiting.pop(text, ()):
                 if not future.done():
                     future.set_exception(exc)
 
     async def _flush_later(self, batch: _Batch) -> None:
+        assert batch.timer is not None
         with batch.timer:
             await self._clock.sleep(self._max_wait)
             if self._batch is batch:
@@ -161,10 +167,11 @@ class Batcher:
         for text in texts:
             sending[text] = batch
         deadline = None if batch.unbounded else batch.deadline
+        scope = batch.request = anyio.CancelScope()
         try:
-            with batch.request:
+            with scope:
                 outcome = await self._deliver(texts, deadline)
-            if batch.request.cancelled_caught:
+            if scope.cancelled_caught:
                 for text in texts:
                     waiting.pop(text, None)
                 return
