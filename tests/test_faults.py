@@ -14,7 +14,15 @@ import pytest
 
 import asyncembed
 from asyncembed import Batching, Embedder, Limits, Retry
-from asyncembed.testing import FakeClock, Fault, Faults, LocalServer, expected_vector, no_backoff
+from asyncembed.testing import (
+    FakeClock,
+    Fault,
+    Faults,
+    LocalServer,
+    expected_vector,
+    no_backoff,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -222,9 +230,11 @@ async def test_connection_closed_by_the_server_is_retried() -> None:
                 await embedder.embed("first")
                 connector: Any = session.connector
                 # Wait (bounded) until the server has dropped the idle pooled connection.
-                with anyio.fail_after(5):
-                    while any(p.is_connected() for c in connector._conns.values() for p, _ in c):
-                        await anyio.sleep(0.01)
+                await wait_until(
+                    lambda: (
+                        not any(p.is_connected() for c in connector._conns.values() for p, _ in c)
+                    )
+                )
                 server.script(["reset"])  # and a connection that dies mid-request
                 np.testing.assert_array_equal(await embedder.embed("second"), want("second"))
                 np.testing.assert_array_equal(await embedder.embed("third"), want("third"))

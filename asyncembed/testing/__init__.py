@@ -11,6 +11,7 @@ with latency, rate limits and scripted or random faults, for your own tests too:
 
 from ._clock import FakeClock as FakeClock
 from ._clock import no_backoff as no_backoff
+from ._clock import wait_until as wait_until
 from ._faults import Fault as Fault
 from ._faults import FaultKind as FaultKind
 from ._faults import Faults as Faults
@@ -37,4 +38,5 @@ __all__ = [
     "no_backoff",
     "run_serve",
     "serve_main",
+    "wait_until",
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 
 from .._config import Retry
 
-__all__ = ["FakeClock", "no_backoff"]
+__all__ = ["FakeClock", "no_backoff", "wait_until"]
 
 
 class FakeClock:
@@ -59,3 +61,19 @@ def no_backoff(attempts: int = 8) -> Retry:
     :class:`FakeClock` to make those instant too.
     """
     return Retry(attempts=attempts, initial_delay=0.0, max_delay=0.0)
+
+
+async def wait_until(
+    condition: Callable[[], bool], *, timeout: float = 5.0, interval: float = 0.001
+) -> None:
+    """Wait until ``condition()`` is true, checking every ``interval`` seconds.
+
+    For states that have no event to wait on: another process's progress, a socket
+    the peer closed, a background task winding down. Bounded, unlike a fixed sleep.
+
+    Raises:
+        TimeoutError: the condition was still false after ``timeout`` seconds.
+    """
+    with anyio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110 - polling is the point here
+            await anyio.sleep(interval)
