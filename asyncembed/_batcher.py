@@ -156,7 +156,8 @@ class Batcher:
         waiting = self._waiting
         texts = []
         for text in batch.texts:
-            if any(not f.done() for f in waiting[text]):
+            futures = waiting[text]
+            if not futures[0].done() or any(not f.done() for f in futures):
                 texts.append(text)
             else:
                 del waiting[text]  # every caller left before the batch was sent

@@ -226,8 +226,15 @@ class Embedder(anyio.AsyncContextManagerMixin):
         """
         self._check_open()
         text = self._estimator.check_text(text)
-        deadline = None if timeout is None else self._clock.now() + timeout
-        future = self._batcher.submit(text, deadline)
+        if timeout is None:
+            # The hot path: no cancel scope (entering one costs more than the future).
+            future = self._batcher.submit(text, None)
+            try:
+                return await future
+            except asyncio.CancelledError:
+                self._batcher.abandoned(text)
+                raise
+        future = self._batcher.submit(text, self._clock.now() + timeout)
         with anyio.move_on_after(timeout):
             try:
                 return await future

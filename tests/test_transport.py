@@ -1,0 +1,108 @@
+"""The HTTP transport against the local server: headers, errors, ownership."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import asyncembed
+from asyncembed import Embedder, Timeouts
+from asyncembed._transport import HTTPTransport, is_loopback
+from asyncembed.testing import LocalServer, no_backoff
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_headers_sent_with_every_request() -> None:
+    async with LocalServer(dimensions=4, api_key="k-123") as server:
+        async with Embedder(
+            "m",
+            base_url=server.base_url + "/",  # a trailing slash is fine
+            api_key="k-123",
+            app_url="https://example.org/app",
+            app_title="My App",
+        ) as embedder:
+            await embedder.embed("x")
+        headers = server.requests[0].headers
+        assert headers["User-Agent"].startswith(f"asyncembed/{asyncembed.__version__} ")
+        assert headers["HTTP-Referer"] == "https://example.org/app"
+        assert headers["X-OpenRouter-Title"] == "My App"
+        assert headers["Content-Type"] == "application/json"
+        assert "Authorization" not in headers  # the server never records it
+
+
+async def test_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", "env-key")
+    async with LocalServer(dimensions=4, api_key="env-key") as server:
+        monkeypatch.setenv("OPENROUTER_BASE_URL", server.base_url)
+        async with Embedder("m") as embedder:
+            assert embedder.base_url == server.base_url
+            await embedder.embed("x")  # a wrong or missing key would be a 401
+
+
+async def test_no_key_means_no_authorization_header() -> None:
+    async with LocalServer(dimensions=4, api_key="needed") as server:
+        async with Embedder("m", base_url=server.base_url, retry=no_backoff(1)) as embedder:
+            with pytest.raises(asyncembed.AuthenticationError):
+                await embedder.embed("x")
+
+
+async def test_request_timeout_is_an_api_timeout_error() -> None:
+    async with LocalServer(dimensions=4, latency=5.0) as server:
+        transport = HTTPTransport(
+            base_url=server.base_url, api_key=None, timeouts=Timeouts(request=0.05)
+        )
+        try:
+            with pytest.raises(asyncembed.APITimeoutError) as info:
+                await transport.post(b'{"input": "x", "model": "m"}')
+            assert isinstance(info.value, TimeoutError)
+            assert info.value.retryable
+        finally:
+            await transport.aclose()
+
+
+async def test_truncated_body_is_a_connection_error() -> None:
+    async with LocalServer(dimensions=4, script=["truncated"]) as server:
+        transport = HTTPTransport(base_url=server.base_url, api_key=None)
+        try:
+            with pytest.raises(asyncembed.APIConnectionError, match=r"cut short|closed"):
+                await transport.post(b'{"input": "x", "model": "m"}')
+        finally:
+            await transport.aclose()
+
+
+def test_base_url_must_be_http() -> None:
+    with pytest.raises(ValueError, match="http"):
+        HTTPTransport(base_url="ftp://example.org", api_key=None)
+    assert "url=" in repr(HTTPTransport(base_url="https://x.invalid/v1", api_key="secret-1"))
+    assert "secret-1" not in repr(
+        HTTPTransport(base_url="https://x.invalid/v1", api_key="secret-1")
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://127.5.6.7/v1", True),
+        ("http://[::1]:80/v1", True),
+        ("http://localhost/v1", True),
+        ("http://10.0.0.1/v1", False),
+        ("http://example.org/v1", False),
+    ],
+)
+def test_is_loopback(url: str, loopback: bool) -> None:
+    assert is_loopback(url) is loopback
+
+
+async def test_custom_transport_is_used_and_not_closed() -> None:
+    async with LocalServer(dimensions=4) as server:
+        transport = HTTPTransport(base_url=server.base_url, api_key=None)
+        async with Embedder("m", transport=transport) as embedder:
+            await embedder.embed("x")
+        # Still usable: the Embedder closes only what it created.
+        raw = await transport.post(b'{"input": "y", "model": "m"}')
+        assert raw.status == 200
+        await transport.aclose()
+        await anyio.lowlevel.checkpoint()
