@@ -1,0 +1,354 @@
+"""A bulk job: a corpus file through :meth:`Embedder.stream` into an output file, resumably.
+
+:class:`BulkJob` follows the resume protocol of :mod:`asyncembed._store`: the output
+is written under a temporary name (see :mod:`asyncembed._writers`), made durable and
+recorded in the SQLite job state every ``checkpoint_every`` seconds (flush first, then
+record), and renamed into place only when complete.
+
+The output rule:
+
+- Without a state file, a run starts from scratch; an existing output is replaced
+  atomically when the run completes, and left untouched when it fails or is
+  interrupted (the temporary output is deleted).
+- With a state file, an interrupted or failed run records a checkpoint on the way
+  out and keeps its temporary output; the next run with the same state file and the
+  same options skips what was recorded, and the finished file is byte-identical to an
+  uninterrupted run's. A state file that records a finished job makes the next run
+  a no-op (delete it to run the job again).
+
+Usage::
+
+    with BulkJob("corpus.txt", "out.npy", model=m, state="job.db") as job:
+        async with Embedder(m) as embedder:
+            result = await job.run(embedder)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from pathlib import Path
+from typing import TypeAlias, cast
+
+import anyio
+
+from ._embedder import Embedder
+from ._exceptions import InvalidInputError
+from ._io import InputFileError, OutputFileError, RecordId
+from ._readers import Reader, open_reader
+from ._stats import Stats
+from ._store import JobIdentity, JobState
+from ._types import Matrix
+from ._writers import Writer, open_writer
+
+__all__ = ["BulkJob", "BulkResult"]
+
+_log = logging.getLogger("asyncembed")
+Block: TypeAlias = tuple[list[RecordId], Matrix]
+_ITEM = re.compile(r"item (\d+)\b")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BulkResult:
+    """What a finished :meth:`BulkJob.run` did.
+
+    Attributes:
+        output: The complete output file.
+        rows: Rows in the output (the input's texts).
+        dim: The vector dimension, or ``None`` for a job finished by an earlier run.
+        embedded: Rows embedded and written by this run.
+        resumed_from: Rows already done by earlier runs (0 for a fresh job).
+        already_finished: The state file recorded the job as finished: nothing was done.
+        elapsed: Seconds this run took.
+        stats: The Embedder's statistics at the end of the run.
+    """
+
+    output: Path
+    rows: int
+    dim: int | None
+    embedded: int
+    resumed_from: int
+    already_finished: bool
+    elapsed: float
+    stats: Stats
+
+    @property
+    def texts_per_second(self) -> float:
+        """Rows embedded by this run per second of it (0.0 for an empty run)."""
+        return self.embedded / self.elapsed if self.elapsed > 0 and self.embedded else 0.0
+
+
+class BulkJob:
+    """Embeds every text of a corpus file into an output file, resumably.
+
+    Use it as a context manager (or call :meth:`open` and :meth:`close`): opening reads
+    and checks the input, the output path and the state file before anything is paid
+    for; closing records a checkpoint if the job stopped midway.
+
+    Args:
+        input: A ``.txt``, ``.jsonl``, ``.csv`` or ``.parquet`` corpus.
+        output: A ``.npy``, ``.jsonl`` or ``.parquet`` file; its folder must exist.
+        model: The model the Embedder uses (part of the job's identity).
+        dimensions: The dimensions the Embedder asks for, or ``None`` (identity too).
+        field: The JSON field or column holding the text (``None``: ``"text"``).
+        id_field: The JSON field or column holding ids (``None``: row numbers).
+        state: The SQLite job state file, or ``None`` for a run that cannot resume.
+        validate: Read the whole input once before starting, so that a bad line is
+            reported before any text is paid for. ``False`` only counts the records
+            and lets the run stop at the first bad one.
+        checkpoint_every: Seconds between checkpoints (each one fsyncs the output).
+        clock: Monotonic time source, in seconds.
+    """
+
+    def __init__(
+        self,
+        input: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        model: str,
+        dimensions: int | None = None,
+        field: str | None = None,
+        id_field: str | None = None,
+        state: str | os.PathLike[str] | None = None,
+        validate: bool = True,
+        checkpoint_every: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every!r}")
+        self.input = Path(input)
+        self.output = Path(output)
+        self.model = model
+        self.dimensions = dimensions
+        self.field = field
+        self.id_field = id_field
+        self.state_path = None if state is None else Path(state)
+        self.validate = validate
+        self.checkpoint_every = checkpoint_every
+        self._clock = clock
+        self._reader: Reader | None = None
+        self._state: JobState | None = None
+        self._writer: Writer | None = None
+        self._total = 0
+        self._done = 0
+        self._saved = 0
+        self._resumed_from = 0
+        self._complete = False
+        self._opened = self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<BulkJob input={str(self.input)!r} output={str(self.output)!r}"
+            f" done={self._done} total={self._total}>"
+        )
+
+    def __enter__(self) -> BulkJob:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def total(self) -> int:
+        """Texts in the input (known once opened)."""
+        return self._total
+
+    @property
+    def done(self) -> int:
+        """Rows written so far, earlier runs' included."""
+        return self._done
+
+    @property
+    def saved(self) -> int:
+        """Rows recorded in the state file: what the next run skips."""
+        return self._saved
+
+    @property
+    def resumed_from(self) -> int:
+        """Rows done by earlier runs when this run started."""
+        return self._resumed_from
+
+    @property
+    def complete(self) -> bool:
+        """Whether the output is complete and in place."""
+        return self._complete
+
+    def open(self) -> None:
+        """Check the input, the output path and the state; resume from the state if any.
+
+        Raises:
+            InputFileError: The input is missing, malformed, has a bad line (when
+                validating) or no text at all.
+            OutputFileError: The output's folder is missing, its format unknown, or its
+                unfinished output does not match the recorded checkpoint.
+            StoreError: The state file is unusable; ``JobMismatchError`` if it records
+                another job.
+            MissingExtraError: Parquet without pyarrow.
+        """
+        if self._opened:
+            return
+        self._opened = True
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        reader = self._reader = open_reader(self.input, field=self.field, id_field=self.id_field)
+        folder = self.output.parent
+        if not folder.is_dir():  # checked early: validating a big input takes a while
+            raise OutputFileError(self.output, f"output folder {str(folder)!r} does not exist")
+        total = sum(1 for _ in reader.records()) if self.validate else reader.count()
+        if total == 0:
+            raise InputFileError(self.input, "no text to embed")
+        self._total = total
+        checkpoint = None
+        if self.state_path is not None:
+            self._state = state = JobState(self.state_path)
+            identity = JobIdentity.of(
+                self.input,
+                self.output,
+                model=self.model,
+                dimensions=self.dimensions,
+                rows=total,
+                field=self.field,
+                id_field=self.id_field,
+            )
+            checkpoint = state.begin(identity)
+            self._done = self._saved = self._resumed_from = checkpoint.rows
+            if state.finished:
+                if not self.output.is_file():
+                    msg = (
+                        f"{self.state_path} records this job as finished but the output is "
+                        "missing: delete the state file to run the job again"
+                    )
+                    raise OutputFileError(self.output, msg)
+                self._complete = True
+                return
+        writer = self._writer = open_writer(
+            self.output,
+            rows=total,
+            dim=None if checkpoint is None else checkpoint.dim,
+            resume=checkpoint,
+        )
+        if writer.finished:  # an earlier run crashed between finish() and mark_finished()
+            self._finished()
+
+    async def run(self, embedder: Embedder, *, window: int | None = None) -> BulkResult:
+        """Embed the texts not done yet, write them in order, and complete the output.
+
+        Args:
+            embedder: An open Embedder for :attr:`model` (its cache, limits and retry
+                policy apply).
+            window: Batches in flight at most (``None``: the Embedder's default).
+
+        Returns:
+            What the run did.
+
+        Raises:
+            ValueError: The Embedder uses another model than the job's identity.
+            InvalidInputError: A text the Embedder refuses (e.g. too long).
+            InputFileError: A bad record (when not validating up front).
+            APIStatusError, APIConnectionError, ProtocolError, BudgetExceededError:
+                the API failed; the progress is saved when there is a state file.
+        """
+        if embedder.model != self.model:
+            raise ValueError(f"the job is for model {self.model!r}, not {embedder.model!r}")
+        self.open()
+        started = self._clock()
+        first = self._done
+        if not self._complete:
+            try:
+                await self._embed_all(embedder, window)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{self.input}: {_record_number(exc, first)}") from None
+        return BulkResult(
+            output=self.output,
+            rows=self._total,
+            dim=None if self._writer is None else self._writer.dim,
+            embedded=self._done - first,
+            resumed_from=self._resumed_from,
+            already_finished=self._writer is None,
+            elapsed=self._clock() - started,
+            stats=embedder.stats,
+        )
+
+    async def _embed_all(self, embedder: Embedder, window: int | None) -> None:
+        assert self._reader is not None and self._writer is not None
+        writer = self._writer
+        last = self._clock()
+        records = self._reader.records(start=self._done)
+        # stream() is an async generator: aclosing() cancels its batches if we stop early.
+        stream = cast(AsyncGenerator[Block], embedder.stream(records, window=window))
+        async with aclosing(stream) as blocks:
+            async for ids, block in blocks:
+                writer.write(self._done, block, ids)
+                self._done += len(ids)
+                if self._state is not None and self._clock() - last >= self.checkpoint_every:
+                    # fsync and SQLite block: keep the event loop (and the requests) going.
+                    await anyio.to_thread.run_sync(self._checkpoint)
+                    last = self._clock()
+        if self._done != self._total:
+            raise InputFileError(self.input, f"has {self._done} texts now, {self._total} before")
+        if self._state is not None:
+            self._checkpoint()
+        writer.finish()
+        self._finished()
+
+    def _checkpoint(self) -> None:
+        """Make the rows written durable, then record them (never the other way round)."""
+        assert self._writer is not None and self._state is not None
+        if self._done > self._saved:
+            checkpoint = self._writer.flush()
+            self._state.commit(checkpoint)
+            self._saved = checkpoint.rows
+
+    def _finished(self) -> None:
+        self._complete = True
+        self._done = self._total
+        if self._state is not None:
+            self._state.mark_finished()
+            self._saved = self._total
+
+    def close(self) -> None:
+        """Release files; if the job stopped midway, save a checkpoint or delete the partial output.
+
+        With a state file, the rows written so far are flushed and recorded (a failure to
+        do so is logged, and the state stays behind the output, which is safe). Without
+        one, the temporary output is deleted. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        writer, state = self._writer, self._state
+        try:
+            if writer is not None and not writer.finished:
+                if state is None:
+                    writer.discard()
+                else:
+                    try:
+                        if writer.dim is not None:
+                            self._checkpoint()
+                    except Exception:
+                        _log.warning(
+                            "could not save a checkpoint of %s", self.output, exc_info=True
+                        )
+                    writer.close()
+        finally:
+            if state is not None:
+                state.close()
+
+
+def _record_number(exc: InvalidInputError, first: int) -> str:
+    """Turn the stream's "item N ..." (counted from the resumed row) into a 1-based record."""
+    match = _ITEM.match(str(exc))
+    if match is None:
+        return str(exc)
+    return f"record {first + int(match[1]) + 1}{str(exc)[match.end() :]}"
