@@ -156,8 +156,8 @@ class Batcher:
         waiting = self._waiting
         texts = []
         for text in batch.texts:
-            futures = waiting[text]
-            if not futures[0].done() or any(not f.done() for f in futures):
+            callers = waiting[text]
+            if not callers[0].done() or any(not f.done() for f in callers):
                 texts.append(text)
             else:
                 del waiting[text]  # every caller left before the batch was sent

@@ -37,6 +37,7 @@ def retrying(
     clock: Clock,
     *,
     deadline: float | None = None,
+    started: Callable[[], float | None] = lambda: None,
     on_retry: Callable[[BaseException, float], None] | None = None,
     rng: random.Random | None = None,
 ) -> tenacity.AsyncRetrying:
@@ -47,15 +48,15 @@ def retrying(
         clock: Time for the budget and the sleeps (``clock.sleep`` does the waiting).
         deadline: The latest ``clock.now()`` any caller still waits for; no sleep is
             started that would end after it. ``None``: no caller deadline.
+        started: When the first attempt was actually sent (after its wait for a
+            slot), so time spent queued behind our own limits is not charged to the
+            retry budget; ``None`` until then (the loop's start is used instead).
         on_retry: Called with the error and the delay before each sleep.
         rng: Random source for the jitter (for reproducible tests).
 
     The returned object re-raises the last error when it gives up.
     """
-    start = clock.now()
-    limit = start + policy.timeout
-    if deadline is not None:
-        limit = min(limit, deadline)
+    created = clock.now()
     jitter = rng or random.Random()
     protocol_errors = 0
 
@@ -82,6 +83,10 @@ def retrying(
         if state.attempt_number >= policy.attempts:
             return True
         # Fail fast rather than sleep past the budget or past every caller's deadline.
+        sent = started()
+        limit = (created if sent is None else sent) + policy.timeout
+        if deadline is not None:
+            limit = min(limit, deadline)
         return clock.now() + (state.upcoming_sleep or 0.0) > limit
 
     def before_sleep(state: tenacity.RetryCallState) -> None:

@@ -204,15 +204,25 @@ class Sender:
             if isinstance(exc, RateLimitError):
                 self._scheduler.on_rate_limited(delay)
 
-        async for attempt in retrying(
-            self._retry, self._clock, deadline=deadline, on_retry=on_retry
-        ):
+        first_sent: list[float] = []
+        policy = retrying(
+            self._retry,
+            self._clock,
+            deadline=deadline,
+            started=lambda: first_sent[0] if first_sent else None,
+            on_retry=on_retry,
+        )
+        async for attempt in policy:
             with attempt:
-                return await self._attempt(inputs, priority, encoding_format)
+                return await self._attempt(inputs, priority, encoding_format, first_sent)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _attempt(
-        self, inputs: Input, priority: int, forced: EncodingFormat | None
+        self,
+        inputs: Input,
+        priority: int,
+        forced: EncodingFormat | None,
+        first_sent: list[float],
     ) -> Embeddings:
         if self._max_cost is not None and self._counters.cost >= self._max_cost:
             raise BudgetExceededError(
@@ -223,6 +233,8 @@ class Sender:
         counters = self._counters
         options = self._options
         async with self._scheduler.slot(tokens, priority):
+            if not first_sent:
+                first_sent.append(self._clock.now())
             while True:
                 encoding = forced or self.encoding_format
                 body = encode_request(

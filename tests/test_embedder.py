@@ -346,3 +346,11 @@ async def test_cache_answers_repeated_texts_across_embedders(tmp_path: Any) -> N
         async with Embedder(MODEL, base_url=server.base_url, cache=path, dimensions=8) as other:
             await other.embed("a")  # another dimension count is another key
         assert server.inputs_count == 5
+
+
+async def test_token_estimate_calibrates_from_usage() -> None:
+    # The server counts len(text) // 4 tokens; start from a wrong guess of 1 char/token.
+    async with setup(batching=Batching(chars_per_token=1.0)) as (_, embedder):
+        for i in range(20):
+            await embedder.embed_many([f"{'word ' * 40}{i}-{j}" for j in range(10)])
+        assert 3.0 < embedder._estimator.chars_per_token <= 4.5

@@ -338,3 +338,15 @@ async def test_chaos_every_text_gets_its_vector_exactly_once() -> None:
         assert stats.retries == faulty  # every failed request was retried, nothing else
         # 200 batches at least; with 18% failing requests about 1.22 tries each.
         assert server.requests_count <= 200 * 1.5 + 20
+
+
+async def test_time_queued_behind_our_own_limits_is_not_charged_to_the_retry_budget() -> None:
+    # One slot, taken by a slow-to-fail request: the next waits 60 s (virtual) in line.
+    limits = Limits(max_concurrency=1, requests_per_minute=1)
+    retry = Retry(attempts=3, timeout=30.0, initial_delay=0.0, max_delay=0.0)
+    kw = {"server_kw": {"script": ["ok", "503"]}, "limits": limits, "retry": retry}
+    async with setup(batching=Batching(max_size=1), **kw) as (server, embedder, clock):
+        matrix = await embedder.embed_many(["first", "second"])
+        assert matrix.shape == (2, DIMS)
+        assert server.requests_count == 3  # the 503 was retried although 60 s had passed
+        assert clock.now() - 1000.0 >= 60.0
