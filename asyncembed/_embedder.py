@@ -23,7 +23,7 @@ from ._exceptions import APITimeoutError, EmbedderClosedError, InvalidInputError
 from ._inputs import TokenEstimator, check_tokens, chunk
 from ._models import ProviderPreferences
 from ._scheduler import BULK, LIVE, Scheduler
-from ._sender import Outcome, RequestOptions, Sender
+from ._sender import Outcome, RequestOptions, Sender, first_error
 from ._stats import Counters, Stats
 from ._store import Cache
 from ._stream import stream_blocks
@@ -182,18 +182,35 @@ class Embedder(anyio.AsyncContextManagerMixin):
     async def __asynccontextmanager__(self) -> AsyncGenerator[Embedder]:
         if self._state is not _State.UNOPENED:
             raise EmbedderClosedError("an Embedder can be opened only once; create a new one")
+        failure: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._state = _State.OPENED
                 try:
                     yield self
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await self.aclose()
+                except BaseException as exc:
+                    failure = exc
+                    # Leaving on an error or a cancellation: nothing more is sent, and
+                    # the requests in flight are cancelled (their callers get
+                    # EmbedderClosedError) instead of being waited for.
+                    self._state = _State.CLOSED
+                    self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
+                    tg.cancel_scope.cancel()
+                    raise
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
+        except BaseExceptionGroup as group:
+            # The task group wraps the caller's own exception; give it back as raised
+            # (our background tasks never fail: their errors go to the callers).
+            if failure is not None and group.subgroup(lambda e: e is failure) is not None:
+                raise failure from None
+            raise
         finally:
-            self._state = _State.CLOSED
             self._tg = None
+            self._state = _State.CLOSED
+            with anyio.CancelScope(shield=True):
+                await self._release()
 
     @property
     def stats(self) -> Stats:
@@ -350,9 +367,15 @@ class Embedder(anyio.AsyncContextManagerMixin):
         while self._tasks:
             self._idle = asyncio.get_running_loop().create_future()
             await self._idle
+        await self._release()
+
+    async def _release(self) -> None:
+        """Close what this Embedder created (idempotent)."""
         if self._owns_transport:
+            self._owns_transport = False
             await self._transport.aclose()
         if self._owns_cache and self.cache is not None:
+            self._owns_cache = False
             self.cache.close()
 
     # -- internals -------------------------------------------------------------
@@ -415,7 +438,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
                 for k, (start, end) in enumerate(spans):
                     tg.start_soon(one, k, start, end)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
         matrix = np.concatenate(results) if len(results) > 1 else results[0]  # type: ignore[arg-type]
         assert matrix is not None
         if len(unique) != len(items):
@@ -423,12 +446,3 @@ class Embedder(anyio.AsyncContextManagerMixin):
             position = {text: i for i, text in enumerate(unique)}
             matrix = matrix[[position[text] for text in items]]
         return matrix
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if isinstance(exc, Exception):
-            return exc
-    return group.exceptions[0]

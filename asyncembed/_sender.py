@@ -34,7 +34,7 @@ from ._store import Cache
 from ._transport import Transport
 from ._types import EncodingFormat, Input, Matrix
 
-__all__ = ["Outcome", "RequestOptions", "Sender"]
+__all__ = ["Outcome", "RequestOptions", "Sender", "first_error"]
 
 logger = logging.getLogger("asyncembed")
 
@@ -174,9 +174,12 @@ class Sender:
             async def half(k: int, part: Sequence[str] | Sequence[Sequence[int]]) -> None:
                 halves[k] = await self._run(part, priority, deadline)
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(half, 0, inputs[:mid])
-                tg.start_soon(half, 1, inputs[mid:])
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(half, 0, inputs[:mid])
+                    tg.start_soon(half, 1, inputs[mid:])
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
             return Outcome.join(halves[0], halves[1], mid, len(inputs))
 
     async def request(
@@ -305,3 +308,16 @@ def _token_count(inputs: Input) -> int:
     if inputs and isinstance(inputs[0], int):
         return len(inputs)
     return sum(len(item) for item in inputs if not isinstance(item, int))
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to raise for a failed task group: its first non-cancellation leaf.
+
+    Callers see the typed error they would see without concurrency, not a group.
+    """
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        if isinstance(exc, Exception):
+            return exc
+    return group.exceptions[0]

@@ -9,6 +9,7 @@ import anyio.lowlevel
 import numpy as np
 import pytest
 
+import asyncembed
 from asyncembed import Batching, Embedder, Limits
 from asyncembed.testing import LocalServer, expected_vector, wait_until
 
@@ -123,3 +124,25 @@ async def test_a_duplicate_caller_keeps_the_shared_request_alive() -> None:
                 await wait_until(lambda: server.stats.in_flight > 0)
                 scope.cancel()
             assert len(kept) == 1 and server.requests_count == 1
+
+
+async def test_leaving_on_an_error_cancels_in_flight_work_at_once() -> None:
+    async with LocalServer(dimensions=DIMS, latency=30.0) as server:
+        errors: list[BaseException] = []
+        embedder = Embedder(MODEL, base_url=server.base_url)
+
+        async def caller() -> None:
+            try:
+                await embedder.embed("in flight")
+            except asyncembed.EmbedderClosedError as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(5):  # the 30 s request is not waited for
+            async with anyio.create_task_group() as tg:
+                with pytest.raises(KeyError):
+                    async with embedder:
+                        tg.start_soon(caller)
+                        await wait_until(lambda: server.stats.in_flight > 0)
+                        raise KeyError("the app failed")
+        assert len(errors) == 1  # the caller was told, not left hanging
+        assert "state=CLOSED" in repr(embedder)

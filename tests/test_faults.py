@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import numpy as np
 import pytest
 
@@ -350,3 +351,24 @@ async def test_time_queued_behind_our_own_limits_is_not_charged_to_the_retry_bud
         assert matrix.shape == (2, DIMS)
         assert server.requests_count == 3  # the 503 was retried although 60 s had passed
         assert clock.now() - 1000.0 >= 60.0
+
+
+async def test_a_fatal_error_while_bisecting_reaches_callers_as_itself() -> None:
+    # 400 for the batch, then 401 for a half: callers get the AuthenticationError.
+    kw = {"server_kw": {"script": [400, 401, 401]}, "batching": Batching(max_wait=10.0)}
+    async with setup(**kw) as (_, embedder, _clock):
+        errors: list[BaseException] = []
+
+        async def call(text: str) -> None:
+            try:
+                await embedder.embed(text)
+            except Exception as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for text in ("a", "b", "c", "d"):
+                tg.start_soon(call, text)
+            await anyio.lowlevel.checkpoint()
+            embedder._batcher.flush()
+        assert len(errors) == 4
+        assert all(isinstance(e, asyncembed.AuthenticationError) for e in errors)
