@@ -9,9 +9,11 @@ import warnings
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, overload
+from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
+import msgspec
 import numpy as np
 from anyio.abc import TaskGroup
 
@@ -63,7 +65,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
         timeouts: HTTP timeouts (:class:`Timeouts`).
         provider: OpenRouter routing preferences, sent with every request.
         dimensions: Ask for vectors of this length (models that support it); every
-            response is checked against it.
+            response is checked against it. On OpenRouter this also sets
+            ``provider.require_parameters=True`` unless you set it, so that a provider
+            that would silently ignore ``dimensions`` is not chosen.
         encoding_format: ``"base64"`` (default, fast) or ``"float"``. A model that does
             not honour base64 is switched to float transparently.
         input_type: OpenRouter's ``input_type`` (e.g. ``"search_query"``).
@@ -115,11 +119,19 @@ class Embedder(anyio.AsyncContextManagerMixin):
             )
         if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
             raise ValueError(f"dimensions must be a positive int, got {dimensions!r}")
+        self.base_url = base_url or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
+        if (
+            dimensions is not None
+            and urlsplit(self.base_url).hostname == "openrouter.ai"
+            and (provider is None or provider.require_parameters is None)
+        ):
+            provider = msgspec.structs.replace(
+                provider or ProviderPreferences(), require_parameters=True
+            )
         self.model = model
         self.batching = batching or Batching()
         self.limits = limits or Limits()
         self.retry = retry or Retry()
-        self.base_url = base_url or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
         headers = {}
         if app_url:
             headers["HTTP-Referer"] = app_url

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -106,3 +108,44 @@ async def test_custom_transport_is_used_and_not_closed() -> None:
         assert raw.status == 200
         await transport.aclose()
         await anyio.lowlevel.checkpoint()
+
+
+class Recorder:
+    """A Transport that keeps the bodies it is given and answers from a LocalServer."""
+
+    def __init__(self, inner: HTTPTransport) -> None:
+        self.inner = inner
+        self.bodies: list[dict[str, object]] = []
+
+    async def post(self, content: bytes) -> asyncembed.RawResponse:
+        self.bodies.append(json.loads(content))
+        return await self.inner.post(content)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize(
+    ("base_url", "provider", "expected"),
+    [
+        ("https://openrouter.ai/api/v1", None, {"require_parameters": True}),
+        (
+            "https://openrouter.ai/api/v1",
+            asyncembed.ProviderPreferences(order=["openai"], require_parameters=False),
+            {"order": ["openai"], "require_parameters": False},
+        ),
+        ("https://api.openai.com/v1", None, None),
+    ],
+)
+async def test_dimensions_on_openrouter_require_parameters(
+    base_url: str, provider: asyncembed.ProviderPreferences | None, expected: object
+) -> None:
+    async with LocalServer(dimensions=4) as server:
+        recorder = Recorder(HTTPTransport(base_url=server.base_url, api_key=None))
+        async with Embedder(
+            "m", base_url=base_url, transport=recorder, dimensions=4, provider=provider
+        ) as embedder:
+            await embedder.embed("x")
+        await recorder.aclose()
+        assert recorder.bodies[0].get("provider") == expected
+        assert recorder.bodies[0]["dimensions"] == 4
