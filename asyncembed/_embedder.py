@@ -14,18 +14,17 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 import msgspec
-import numpy as np
 from anyio.abc import TaskGroup
 
 from ._batcher import Batcher
 from ._clock import Clock, SystemClock
 from ._codec import Embeddings
 from ._config import Batching, Limits, Retry, Timeouts
-from ._exceptions import APITimeoutError, EmbedderClosedError, InvalidInputError
-from ._inputs import TokenEstimator, check_tokens, chunk
+from ._exceptions import APITimeoutError, EmbedderClosedError
+from ._inputs import TokenEstimator, check_many, check_tokens
 from ._models import ProviderPreferences
 from ._scheduler import BULK, LIVE, Scheduler
-from ._sender import Outcome, RequestOptions, Sender, first_error
+from ._sender import Outcome, RequestOptions, Sender
 from ._stats import Counters, Stats
 from ._store import Cache
 from ._stream import stream_blocks
@@ -169,6 +168,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
             ),
             retry=self.retry,
             limits=self.limits,
+            batching=self.batching,
             encoding_format=encoding_format,
             cache=self.cache,
         )
@@ -291,9 +291,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
             EmbedderClosedError, APIStatusError, APIConnectionError, ProtocolError.
         """
         self._check_open()
-        items = self._check_many(texts)
+        items = check_many(texts, self._estimator)
         with anyio.move_on_after(timeout):
-            return await self._embed_chunked(items, BULK)
+            return await self._sender.embed_all(items, priority=BULK)
         raise APITimeoutError(f"embed_many() did not finish within {timeout} s")
 
     @overload
@@ -326,7 +326,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         self._check_open()
         return stream_blocks(
             items,
-            embed_chunk=lambda chunk_: self._embed_chunked(chunk_, BULK),
+            embed_chunk=lambda chunk_: self._sender.embed_all(chunk_, priority=BULK),
             check=self._estimator.check_text,
             batching=self.batching,
             window=window or 2 * self.limits.max_concurrency,
@@ -357,7 +357,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         elif isinstance(input, list) and input and isinstance(input[0], int):
             check_tokens(input)
         else:
-            self._check_many(input)
+            check_many(input, self._estimator)
         return await self._sender.request(input, priority=LIVE, encoding_format=encoding_format)
 
     async def aclose(self, *, cancel_pending: bool = False) -> None:
@@ -400,18 +400,6 @@ class Embedder(anyio.AsyncContextManagerMixin):
                 else "the Embedder is closed"
             )
 
-    def _check_many(self, texts: object) -> list[Any]:
-        if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
-            raise TypeError(f"expected a list of texts, got {type(texts).__name__}")
-        if not texts:
-            raise InvalidInputError("expected at least one text, got an empty list")
-        if isinstance(texts[0], str):
-            check = self._estimator.check_text
-            return [check(t, f"texts[{i}]") for i, t in enumerate(texts)]
-        if isinstance(texts[0], list | tuple):
-            return [check_tokens(t, f"texts[{i}]") for i, t in enumerate(texts)]
-        raise TypeError(f"texts[0] must be a str or a token list, got {type(texts[0]).__name__}")
-
     def _spawn(self, job: Any) -> None:
         assert self._tg is not None
         self._tasks += 1
@@ -427,34 +415,3 @@ class Embedder(anyio.AsyncContextManagerMixin):
 
     async def _deliver(self, texts: list[str], deadline: float | None) -> Outcome:
         return await self._sender.run(texts, priority=LIVE, deadline=deadline)
-
-    async def _embed_chunked(self, items: list[Any], priority: int) -> Matrix:
-        """Embed validated items in concurrent batches; raise the first failure."""
-        if isinstance(items[0], str):
-            unique: list[Any] = list(dict.fromkeys(items))
-        else:
-            unique = items
-        spans = list(chunk(unique, self._estimator, self.batching))
-        results: list[Matrix | None] = [None] * len(spans)
-
-        async def one(k: int, start: int, end: int) -> None:
-            outcome = await self._sender.run(unique[start:end], priority=priority)
-            if outcome.errors:
-                i, exc = min(outcome.errors.items())
-                exc.add_note(f"(input {items.index(unique[start + i])} of the batch)")
-                raise exc
-            results[k] = outcome.vectors
-
-        try:
-            async with anyio.create_task_group() as tg:
-                for k, (start, end) in enumerate(spans):
-                    tg.start_soon(one, k, start, end)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        matrix = np.concatenate(results) if len(results) > 1 else results[0]  # type: ignore[arg-type]
-        assert matrix is not None
-        if len(unique) != len(items):
-            self._counters.deduplicated += len(items) - len(unique)
-            position = {text: i for i, text in enumerate(unique)}
-            matrix = matrix[[position[text] for text in items]]
-        return matrix

@@ -12,7 +12,7 @@ from typing import Any
 from ._config import Batching
 from ._exceptions import InputTooLongError, InvalidInputError
 
-__all__ = ["TokenEstimator", "check_tokens", "chunk"]
+__all__ = ["TokenEstimator", "check_many", "check_tokens", "chunk"]
 
 _MIN_RATIO, _MAX_RATIO = 0.5, 20.0
 _SMOOTHING = 0.2
@@ -89,6 +89,25 @@ def check_tokens(tokens: object, where: str = "input") -> list[int]:
         if type(token) is not int:
             raise TypeError(f"{where}[{j}] must be an int token id, got {type(token).__name__}")
     return list(tokens)
+
+
+def check_many(texts: object, estimator: TokenEstimator) -> list[Any]:
+    """Validate a list of texts or of token-id lists (not mixed); return them as a list.
+
+    Raises:
+        TypeError: not a sequence, or an item of the wrong type (its index is named).
+        InvalidInputError: an empty list, or an empty/over-long item.
+    """
+    if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
+        raise TypeError(f"expected a list of texts, got {type(texts).__name__}")
+    if not texts:
+        raise InvalidInputError("expected at least one text, got an empty list")
+    if isinstance(texts[0], str):
+        check = estimator.check_text
+        return [check(t, f"texts[{i}]") for i, t in enumerate(texts)]
+    if isinstance(texts[0], list | tuple):
+        return [check_tokens(t, f"texts[{i}]") for i, t in enumerate(texts)]
+    raise TypeError(f"texts[0] must be a str or a token list, got {type(texts[0]).__name__}")
 
 
 def chunk(

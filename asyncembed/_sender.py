@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import numpy as np
 
 from ._clock import Clock
 from ._codec import Base64Unsupported, Embeddings, decode_response, encode_request
-from ._config import Limits, Retry
+from ._config import Batching, Limits, Retry
 from ._exceptions import (
     BadRequestError,
     BudgetExceededError,
@@ -25,7 +26,7 @@ from ._exceptions import (
     RateLimitError,
     UnprocessableEntityError,
 )
-from ._inputs import TokenEstimator
+from ._inputs import TokenEstimator, chunk
 from ._models import EmbeddingRequest, ProviderPreferences
 from ._retry import retrying
 from ._scheduler import LIVE, Scheduler
@@ -94,6 +95,7 @@ class Sender:
         options: RequestOptions,
         retry: Retry,
         limits: Limits,
+        batching: Batching,
         encoding_format: EncodingFormat,
         cache: Cache | None = None,
     ) -> None:
@@ -106,6 +108,7 @@ class Sender:
         self._options = options
         self._retry = retry
         self._max_cost = limits.max_cost
+        self._batching = batching
         self.encoding_format: EncodingFormat = encoding_format
 
     async def run(
@@ -291,6 +294,43 @@ class Sender:
         if texts is not None:
             self._estimator.calibrate(sum(map(len, texts)), usage.prompt_tokens)
         return result
+
+    async def embed_all(self, items: list[Any], *, priority: int = LIVE) -> Matrix:
+        """Embed validated items in concurrent batches, repeats sent once.
+
+        Returns the matrix in input order.
+
+        Raises:
+            The first failure of any batch (a bad input carries a note with its index).
+        """
+        if isinstance(items[0], str):
+            unique: list[Any] = list(dict.fromkeys(items))
+        else:
+            unique = items
+        spans = list(chunk(unique, self._estimator, self._batching))
+        results: list[Matrix | None] = [None] * len(spans)
+
+        async def one(k: int, start: int, end: int) -> None:
+            outcome = await self.run(unique[start:end], priority=priority)
+            if outcome.errors:
+                i, exc = min(outcome.errors.items())
+                exc.add_note(f"(input {items.index(unique[start + i])} of the batch)")
+                raise exc
+            results[k] = outcome.vectors
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for k, (start, end) in enumerate(spans):
+                    tg.start_soon(one, k, start, end)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        matrix = np.concatenate(results) if len(results) > 1 else results[0]  # type: ignore[arg-type]
+        assert matrix is not None
+        if len(unique) != len(items):
+            self._counters.deduplicated += len(items) - len(unique)
+            position = {text: i for i, text in enumerate(unique)}
+            matrix = matrix[[position[text] for text in items]]
+        return matrix
 
 
 def _shape(inputs: Input) -> tuple[int, list[str] | None]:
