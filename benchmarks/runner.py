@@ -28,12 +28,15 @@ __all__ = [
     "ROOT",
     "BenchResult",
     "Options",
+    "Peer",
     "PeerError",
     "Server",
     "Table",
     "fmt",
     "machine_info",
+    "ratio",
     "run_peer",
+    "throughput_table",
     "versions",
     "write_result",
 ]
@@ -320,3 +323,63 @@ def fmt(value: float, digits: int = 3) -> str:
     if abs(value) >= 10 ** (digits - 1):
         return f"{value:,.0f}"
     return f"{value:,.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}g}"
+
+
+def ratio(value: float, base: float | None) -> str:
+    """``value / base`` as ``"1.23x"``; ``"-"`` without a base."""
+    if not base:
+        return "-"
+    r = value / base
+    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
+
+
+@dataclass(slots=True)
+class Peer:
+    """One peer's run: its label, configuration and JSON line (or the error)."""
+
+    label: str
+    module: str
+    config: dict[str, Any]
+    line: dict[str, Any] | None = None
+    error: str = ""
+
+    def run(self, server: Server | None = None) -> Peer:
+        """Run the peer; a failure is kept in :attr:`error`, not raised."""
+        try:
+            self.line = run_peer(self.module, self.config, server=server)
+        except PeerError as exc:
+            self.error = str(exc).strip().splitlines()[-1]
+        return self
+
+
+def throughput_table(
+    title: str, peers: list[Peer], baselines: list[tuple[str, Peer]], *, rounds: int
+) -> Table:
+    """Texts/s and CPU µs/text per peer, each with ratios against the named baselines.
+
+    The server's CPU per text covers the whole peer run, warm-up round included.
+    """
+    columns = ["client", "texts", "texts/s"]
+    columns += [f"vs {name}" for name, _ in baselines]
+    columns += ["client CPU µs/text"]
+    columns += [f"vs {name}" for name, _ in baselines]
+    columns += ["server CPU µs/text", "peak RSS MB"]
+    table = Table(title=title, columns=columns)
+    for peer in peers:
+        line = peer.line
+        if line is None:
+            table.rows.append([peer.label, f"failed: {peer.error}"] + [""] * (len(columns) - 2))
+            continue
+        bases = [b.line for _, b in baselines]
+        row = [peer.label, f"{line['n']:,}", fmt(line["texts_per_s"])]
+        row += [ratio(line["texts_per_s"], b and b["texts_per_s"]) for b in bases]
+        row += [fmt(line["cpu_us_per_text"])]
+        row += [ratio(line["cpu_us_per_text"], b and b["cpu_us_per_text"]) for b in bases]
+        row += [
+            fmt(line["server_cpu_s"] / (line["n"] * (rounds + 1)) * 1e6)
+            if "server_cpu_s" in line
+            else "-",
+            fmt(line["peak_rss_mb"]),
+        ]
+        table.rows.append(row)
+    return table
