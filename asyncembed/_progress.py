@@ -155,14 +155,16 @@ class Progress:
         """The live bar: ``\\r`` + erase line + bar and figures, cut to the width (no newline)."""
         figures = (
             f" {self._percent(done):5.1f}% {done:,}/{self.total:,}"
-            f" | {self.rate(done):,.0f}/s | {_si(stats.prompt_tokens)} tok"
-            f" | ${stats.cost:.4f} | retries {stats.retries} | ETA {self._eta(done)}"
+            f" {_si(self.rate(done))}/s {_si(stats.prompt_tokens)} tok"
+            f" ${stats.cost:.4f} retries {stats.retries} ETA {self._eta(done)}"
         )
         width = self._width or shutil.get_terminal_size((80, 24)).columns
         # Leave the last column empty: writing into it makes some terminals wrap.
-        cells = max(10, min(30, width - 1 - len(figures) - 2))
-        filled = cells * done // self.total if self.total else cells
-        bar = "[" + "#" * filled + "-" * (cells - filled) + "]"
+        cells = min(30, width - 1 - len(figures) - 2)
+        bar = ""
+        if cells >= 10:  # a narrow terminal gets the figures without the bar
+            filled = cells * done // self.total if self.total else cells
+            bar = "[" + "#" * filled + "-" * (cells - filled) + "]"
         return _ERASE + (bar + figures)[: max(1, width - 1)]
 
     def _percent(self, done: int) -> float:
