@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             asyncio.run(_embed(args, run))
     except KeyboardInterrupt:
-        sys.stderr.write(f"\nasyncembed: interrupted{run.interrupted_hint()}\n")
+        sys.stderr.write(f"asyncembed: interrupted{run.interrupted_hint()}\n")
         return 0 if args.command == "serve" else 130
     except BaseException as exc:
         error = _root(exc)
@@ -260,7 +260,7 @@ async def _embed(args: argparse.Namespace, run: _Run) -> None:
         async with _client(args, **options) as embedder:
             result = await _run_with_progress(job, embedder, quiet=args.quiet)
             _print_totals(result)
-            if args.query and not result.already_finished:
+            if args.query:
                 await _print_nearest(embedder, args, job)
 
 

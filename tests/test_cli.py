@@ -308,3 +308,20 @@ def test_bench_prints_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(line["texts"] == 300 and line["texts_per_s"] > 0 for line in lines)
     assert lines[1]["stats"]["inputs"] == 600
     assert lines[0]["stats"]["requests"] < 300  # single calls were coalesced
+
+
+def test_interrupted_hint_says_how_to_resume(tmp_path: Path) -> None:
+    from asyncembed._bulk import BulkJob
+    from asyncembed._cli import _Run
+
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    assert _Run().interrupted_hint() == ""
+    with BulkJob(tmp_path / "in.txt", tmp_path / "o.npy", model=MODEL) as job:
+        assert "nothing saved (pass --resume STATE" in _Run(job).interrupted_hint()
+    state = tmp_path / "s.db"
+    with BulkJob(tmp_path / "in.txt", tmp_path / "o.npy", model=MODEL, state=state) as job:
+        hint = _Run(job).interrupted_hint()
+    assert hint == (
+        f" at 0 of 2 texts; progress saved in {state} (0 texts):"
+        " run the same command again to resume"
+    )
