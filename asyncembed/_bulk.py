@@ -30,10 +30,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import TypeAlias, cast
+from typing import TypeAlias
 
 import anyio
 
@@ -286,7 +286,7 @@ class BulkJob:
         last = self._clock()
         records = self._reader.records(start=self._done)
         # stream() is an async generator: aclosing() cancels its batches if we stop early.
-        stream = cast(AsyncGenerator[Block], embedder.stream(records, window=window))
+        stream = embedder.stream(records, window=window)
         async with aclosing(stream) as blocks:
             async for ids, block in blocks:
                 writer.write(self._done, block, ids)

@@ -6,7 +6,7 @@ import asyncio
 import enum
 import os
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
@@ -82,6 +82,10 @@ class Embedder(anyio.AsyncContextManagerMixin):
             A path opened here is closed with the Embedder.
         clock: Time source (tests pass :class:`asyncembed.testing.FakeClock`).
 
+    Attributes:
+        model, dimensions, base_url, batching, limits, retry, cache: The settings in
+            force (read-only by convention).
+
     Raises:
         ValueError: an empty model, a bad ``encoding_format`` or ``dimensions``, or a
             key that would be sent over plain HTTP to another machine.
@@ -128,6 +132,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
                 provider or ProviderPreferences(), require_parameters=True
             )
         self.model = model
+        self.dimensions = dimensions
         self.batching = batching or Batching()
         self.limits = limits or Limits()
         self.retry = retry or Retry()
@@ -299,15 +304,15 @@ class Embedder(anyio.AsyncContextManagerMixin):
     @overload
     def stream(
         self, items: Iterable[str] | AsyncIterable[str], *, window: int | None = None
-    ) -> AsyncIterator[tuple[int, Matrix]]: ...
+    ) -> AsyncGenerator[tuple[int, Matrix]]: ...
     @overload
     def stream(
         self,
         items: Iterable[tuple[K, str]] | AsyncIterable[tuple[K, str]],
         *,
         window: int | None = None,
-    ) -> AsyncIterator[tuple[list[K], Matrix]]: ...
-    def stream(self, items: Any, *, window: int | None = None) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[tuple[list[K], Matrix]]: ...
+    def stream(self, items: Any, *, window: int | None = None) -> AsyncGenerator[Any]:
         """Embed a corpus of any size with bounded memory, yielding blocks in input order.
 
         Texts are read only ``window`` batches ahead of what the caller has consumed

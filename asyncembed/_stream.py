@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+)
 from typing import Any
 
 from ._config import Batching
@@ -31,7 +38,7 @@ async def stream_blocks(
     check: Callable[[object, str], str],
     batching: Batching,
     window: int,
-) -> AsyncIterator[tuple[Any, Matrix]]:
+) -> AsyncGenerator[tuple[Any, Matrix]]:
     """Yield ``(start, matrix)`` (texts) or ``(ids, matrix)`` (pairs) blocks in order.
 
     At most ``window`` blocks of ``batching.max_size`` texts are in flight or waiting
