@@ -38,6 +38,7 @@ from ._models import ProviderPreferences as ProviderPreferences
 from ._models import ProviderSort as ProviderSort
 from ._models import Usage as Usage
 from ._stats import Stats as Stats
+from ._store import Cache as Cache
 from ._transport import RawResponse as RawResponse
 from ._transport import Transport as Transport
 from ._version import __version__ as __version__
@@ -52,6 +53,7 @@ __all__ = [
     "BadRequestError",
     "Batching",
     "BudgetExceededError",
+    "Cache",
     "Clock",
     "Embedder",
     "EmbedderClosedError",

@@ -297,8 +297,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
         """
         self._check_open()
         items = check_many(texts, self._estimator)
+        deadline = None if timeout is None else self._clock.now() + timeout
         with anyio.move_on_after(timeout):
-            return await self._sender.embed_all(items, priority=BULK)
+            return await self._sender.embed_all(items, priority=BULK, deadline=deadline)
         raise APITimeoutError(f"embed_many() did not finish within {timeout} s")
 
     @overload

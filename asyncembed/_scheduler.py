@@ -167,10 +167,15 @@ class Scheduler:
                 self._successes = 0
                 self._wake_head()
 
-    def on_rate_limited(self, delay: float) -> None:
-        """Multiplicative decrease, and pause all dispatch for ``delay`` seconds."""
+    def on_rate_limited(self, delay: float | None) -> None:
+        """Multiplicative decrease, and pause all dispatch for ``delay`` seconds if given."""
         self.concurrency = max(1, self.concurrency // 2)
         self._successes = 0
+        if delay is not None:
+            self.pause(delay)
+
+    def pause(self, delay: float) -> None:
+        """Hold all dispatch for ``delay`` seconds (an existing longer pause stands)."""
         self.paused_until = max(self.paused_until, self._clock.now() + delay)
 
     def _take(self, tokens: int) -> None:

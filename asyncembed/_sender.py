@@ -207,8 +207,8 @@ class Sender:
 
         def on_retry(exc: BaseException, delay: float) -> None:
             counters.retries += 1
-            if isinstance(exc, RateLimitError):
-                self._scheduler.on_rate_limited(delay)
+            if isinstance(exc, RateLimitError) and exc.retry_after is None:
+                self._scheduler.pause(delay)  # no server delay: pause for our backoff
 
         first_sent: list[float] = []
         policy = retrying(
@@ -275,9 +275,10 @@ class Sender:
                     )
                     self.encoding_format = "float"
                     continue
-                except RateLimitError:
+                except RateLimitError as exc:
                     counters.errors += 1
                     counters.rate_limited += 1
+                    self._scheduler.on_rate_limited(exc.retry_after)
                     raise
                 except Exception:
                     counters.errors += 1
@@ -295,7 +296,9 @@ class Sender:
             self._estimator.calibrate(sum(map(len, texts)), usage.prompt_tokens)
         return result
 
-    async def embed_all(self, items: list[Any], *, priority: int = LIVE) -> Matrix:
+    async def embed_all(
+        self, items: list[Any], *, priority: int = LIVE, deadline: float | None = None
+    ) -> Matrix:
         """Embed validated items in concurrent batches, repeats sent once.
 
         Returns the matrix in input order.
@@ -311,7 +314,7 @@ class Sender:
         results: list[Matrix | None] = [None] * len(spans)
 
         async def one(k: int, start: int, end: int) -> None:
-            outcome = await self.run(unique[start:end], priority=priority)
+            outcome = await self.run(unique[start:end], priority=priority, deadline=deadline)
             if outcome.errors:
                 i, exc = min(outcome.errors.items())
                 exc.add_note(f"(input {items.index(unique[start + i])} of the batch)")

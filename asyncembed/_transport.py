@@ -133,7 +133,9 @@ class HTTPTransport:
                 timeout=self._timeout,
             )
         try:
-            async with session.post(self._url, data=content, headers=self._headers) as resp:
+            async with session.post(
+                self._url, data=content, headers=self._headers, timeout=self._timeout
+            ) as resp:
                 body = await resp.read()
                 return RawResponse(resp.status, resp.headers, body)
         except TimeoutError as exc:

@@ -372,3 +372,19 @@ async def test_a_fatal_error_while_bisecting_reaches_callers_as_itself() -> None
             embedder._batcher.flush()
         assert len(errors) == 4
         assert all(isinstance(e, asyncembed.AuthenticationError) for e in errors)
+
+
+async def test_embed_many_timeout_bounds_retry_sleeps_too() -> None:
+    kw = {"server_kw": {"script": [Fault.rate_limit(retry_after=10)]}}
+    async with setup(**kw) as (server, embedder, clock):
+        with pytest.raises(asyncembed.RateLimitError):
+            await embedder.embed_many(["a", "b"], timeout=5.0)
+        assert 10 not in clock.sleeps and server.requests_count == 1
+
+
+async def test_a_final_429_still_lowers_concurrency() -> None:
+    kw = {"server_kw": {"script": ["429"]}, "limits": Limits(max_concurrency=8)}
+    async with setup(retry=no_backoff(1), **kw) as (_, embedder, _clock):
+        with pytest.raises(asyncembed.RateLimitError):
+            await embedder.embed("x")
+        assert embedder.stats.concurrency == 4
