@@ -59,7 +59,7 @@ def run(opts: Options) -> BenchResult:
             for d in dims:
                 key = f"{encoding}-{d}"
                 value = peer.line["results"][key]
-                row += [fmt(value), ratio(value, baseline and baseline["results"][key])]
+                row += [fmt(value), ratio(value, baseline["results"][key] if baseline else None)]
             table.rows.append(row)
         result.tables.append(table)
     if peers[0].line:

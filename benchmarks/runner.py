@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 __all__ = [
     "ROOT",
@@ -372,9 +372,9 @@ def throughput_table(
             continue
         bases = [b.line for _, b in baselines]
         row = [peer.label, f"{line['n']:,}", fmt(line["texts_per_s"])]
-        row += [ratio(line["texts_per_s"], b and b["texts_per_s"]) for b in bases]
+        row += [ratio(line["texts_per_s"], b["texts_per_s"] if b else None) for b in bases]
         row += [fmt(line["cpu_us_per_text"])]
-        row += [ratio(line["cpu_us_per_text"], b and b["cpu_us_per_text"]) for b in bases]
+        row += [ratio(line["cpu_us_per_text"], b["cpu_us_per_text"] if b else None) for b in bases]
         row += [
             fmt(line["server_cpu_s"] / (line["n"] * (rounds + 1)) * 1e6)
             if "server_cpu_s" in line
