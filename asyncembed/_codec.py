@@ -19,6 +19,8 @@ from ._models import EmbeddingItem, EmbeddingRequest, EmbeddingResponse, ErrorBo
 from ._models import Usage as Usage
 from ._types import EncodingFormat, Matrix
 
+Embedding = list[float] | bytes | dict[str, float]
+
 __all__ = ["Base64Unsupported", "Embeddings", "decode_response", "encode_request"]
 
 _ENCODER = msgspec.json.Encoder()
@@ -95,13 +97,13 @@ def decode_response(
     if body.error is not None:
         raise _detail_error(status, body.error, headers, body.id)
     data = body.data
-    if encoding == "base64" and (
-        len(data) < expected or any(not isinstance(item.embedding, bytes) for item in data)
-    ):
+    embeddings = [item.embedding for item in data]
+    kinds = set(map(type, embeddings))
+    if encoding == "base64" and (len(data) < expected or kinds != {bytes}):
         raise Base64Unsupported("the model answered a base64 request without base64 vectors")
     if len(data) != expected:
         raise ProtocolError(f"response has {len(data)} embeddings for {expected} inputs")
-    vectors = _matrix(_in_index_order(data), dimensions)
+    vectors = _matrix(_in_index_order(data, embeddings), kinds, dimensions)
     return Embeddings(
         vectors=vectors,
         model=body.model,
@@ -111,43 +113,39 @@ def decode_response(
     )
 
 
-def _in_index_order(data: list[EmbeddingItem]) -> list[EmbeddingItem]:
+def _in_index_order(data: list[EmbeddingItem], embeddings: list[Embedding]) -> list[Embedding]:
+    """``embeddings`` (one per item of ``data``) placed by each item's ``index``."""
     indices = [item.index for item in data]
     n = len(data)
-    if all(i is None for i in indices):
-        return data  # no index at all: position is all there is
-    if indices == list(range(n)):
-        return data
-    ordered: list[EmbeddingItem | None] = [None] * n
-    for item in data:
-        i = item.index
+    if indices == list(range(n)) or indices.count(None) == n:
+        return embeddings  # in order already, or no index at all: position is all there is
+    ordered: list[Embedding | None] = [None] * n
+    for i, embedding in zip(indices, embeddings, strict=True):
         if i is None or not 0 <= i < n or ordered[i] is not None:
             raise ProtocolError(
                 f"response indices do not cover the {n} inputs exactly once: "
                 f"{_short(sorted(i for i in indices if i is not None))}"
             )
-        ordered[i] = item
-    return [item for item in ordered if item is not None]
+        ordered[i] = embedding
+    return ordered  # type: ignore[return-value]  # every slot was filled exactly once
 
 
-def _matrix(items: list[EmbeddingItem], dimensions: int | None) -> Matrix:
-    first = items[0].embedding if items else b""
+def _matrix(rows: list[Embedding], kinds: set[type], dimensions: int | None) -> Matrix:
     try:
-        if isinstance(first, bytes):
-            rows = [item.embedding for item in items]
-            if not all(isinstance(row, bytes) and len(row) == len(first) for row in rows):
-                raise ProtocolError("response vectors differ in length or encoding")
-            if len(first) % 4:
-                raise ProtocolError(f"base64 vector of {len(first)} bytes is not float32")
-            matrix = np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(items), -1)  # type: ignore[arg-type]
+        if kinds == {bytes}:
+            sizes = set(map(len, rows))
+            if len(sizes) != 1:
+                raise ProtocolError("response vectors differ in length")
+            size = sizes.pop()
+            if size % 4:
+                raise ProtocolError(f"base64 vector of {size} bytes is not float32")
+            matrix = np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(rows), -1)  # type: ignore[arg-type]
+        elif bytes in kinds:
+            raise ProtocolError("response mixes base64 and float vectors")
         else:
-            lists = [
-                _dict_to_list(item.embedding)
-                if isinstance(item.embedding, dict)
-                else item.embedding
-                for item in items
-            ]
-            matrix = np.array(lists, dtype=np.float32)
+            if dict in kinds:
+                rows = [_dict_to_list(e) if isinstance(e, dict) else e for e in rows]
+            matrix = np.array(rows, dtype=np.float32)
     except ValueError as exc:
         raise ProtocolError(f"response vectors differ in length or type: {exc}") from None
     if matrix.ndim != 2 or matrix.shape[1] == 0:

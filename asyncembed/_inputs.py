@@ -116,9 +116,18 @@ def chunk(
     """Split inputs into ``(start, end)`` runs under ``max_size`` and ``max_tokens``."""
     max_size, max_tokens = batching.max_size, batching.max_tokens
     n = len(inputs)
+    lengths = list(map(len, inputs))
+    if n and isinstance(inputs[0], str):
+        ratio = estimator.chars_per_token
+        costs = [int(length / ratio) + 1 for length in lengths]
+    else:
+        costs = lengths
+    # Fast path: no block of max_size inputs reaches max_tokens (the common case).
+    if all(sum(costs[s : s + max_size]) <= max_tokens for s in range(0, n, max_size)):
+        yield from ((s, min(n, s + max_size)) for s in range(0, n, max_size))
+        return
     start, tokens = 0, 0
-    for i, item in enumerate(inputs):
-        cost = estimator.estimate(item) if isinstance(item, str) else len(item)
+    for i, cost in enumerate(costs):
         if i > start and (i - start >= max_size or tokens + cost > max_tokens):
             yield start, i
             start, tokens = i, 0

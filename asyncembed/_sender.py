@@ -23,6 +23,7 @@ from ._exceptions import (
     BadRequestError,
     BudgetExceededError,
     PayloadTooLargeError,
+    ProtocolError,
     RateLimitError,
     UnprocessableEntityError,
 )
@@ -311,23 +312,37 @@ class Sender:
         else:
             unique = items
         spans = list(chunk(unique, self._estimator, self._batching))
-        results: list[Matrix | None] = [None] * len(spans)
+        # Each batch is copied into one preallocated matrix as it lands, so the
+        # batches and the result are never all in memory at once.
+        matrix: Matrix | None = None
 
-        async def one(k: int, start: int, end: int) -> None:
+        async def one(start: int, end: int) -> None:
+            nonlocal matrix
             outcome = await self.run(unique[start:end], priority=priority, deadline=deadline)
             if outcome.errors:
                 i, exc = min(outcome.errors.items())
                 exc.add_note(f"(input {items.index(unique[start + i])} of the batch)")
                 raise exc
-            results[k] = outcome.vectors
+            vectors = outcome.vectors
+            assert vectors is not None
+            if len(spans) == 1:
+                matrix = vectors
+                return
+            if matrix is None:
+                matrix = np.empty((len(unique), vectors.shape[1]), np.float32)
+            elif vectors.shape[1] != matrix.shape[1]:
+                raise ProtocolError(
+                    f"vectors changed length between batches: {matrix.shape[1]} "
+                    f"then {vectors.shape[1]}"
+                )
+            matrix[start:end] = vectors
 
         try:
             async with anyio.create_task_group() as tg:
-                for k, (start, end) in enumerate(spans):
-                    tg.start_soon(one, k, start, end)
+                for start, end in spans:
+                    tg.start_soon(one, start, end)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
-        matrix = np.concatenate(results) if len(results) > 1 else results[0]  # type: ignore[arg-type]
         assert matrix is not None
         if len(unique) != len(items):
             self._counters.deduplicated += len(items) - len(unique)
