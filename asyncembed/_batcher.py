@@ -92,27 +92,32 @@ class Batcher:
 
     def submit(self, text: str, deadline: float | None) -> asyncio.Future[Vector]:
         """Queue one (validated) text; the future gets its vector or its error."""
+        # The per-text hot path: local names, no helper calls.
         future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        waiters = self._waiting.get(text)
+        waiting = self._waiting
+        waiters = waiting.get(text)
         if waiters is not None:
             waiters.append(future)
             self._counters.deduplicated += 1
             return future
-        self._waiting[text] = [future]
-        tokens = self._estimator.estimate(text)
+        waiting[text] = [future]
+        tokens = int(len(text) / self._estimator.chars_per_token) + 1  # = estimate(text)
         batch = self._batch
-        if batch.texts and batch.tokens + tokens > self._max_tokens:
+        texts = batch.texts
+        if texts and batch.tokens + tokens > self._max_tokens:
             self.flush()
             batch = self._batch
-        batch.texts.append(text)
+            texts = batch.texts
+        texts.append(text)
         batch.tokens += tokens
         if deadline is None:
             batch.unbounded = True
         elif batch.deadline is None or deadline > batch.deadline:
             batch.deadline = deadline
-        if len(batch.texts) >= self._max_size:
+        size = len(texts)
+        if size >= self._max_size:
             self.flush()
-        elif len(batch.texts) == 1:
+        elif size == 1:
             batch.timer = anyio.CancelScope()
             self._spawn(lambda: self._flush_later(batch))
         return future
