@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -153,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"asyncembed: interrupted{run.interrupted_hint()}\n")
         return 0 if args.command == "serve" else 130
+    except asyncio.CancelledError:  # SIGTERM: the same clean stop as Ctrl-C
+        sys.stderr.write(f"asyncembed: terminated{run.interrupted_hint()}\n")
+        return 143
     except BaseException as exc:
         error = _root(exc)
         if isinstance(error, _API_ERRORS):
@@ -231,6 +236,12 @@ def _api_key(args: argparse.Namespace) -> str:
 
 
 async def _embed(args: argparse.Namespace, run: _Run) -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        # A service manager's stop (SIGTERM) cancels the job like Ctrl-C does, so the
+        # progress is saved instead of lost. Only the main thread can take signals.
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     if args.query and not args.output.lower().endswith(".npy"):
         raise _UsageError("--query needs a .npy output")
     if args.checkpoint_every < 0:

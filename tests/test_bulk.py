@@ -174,7 +174,11 @@ async def wait_for(condition: Callable[[], bool], process: anyio.abc.Process) ->
 
 @pytest.mark.anyio
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+    ids=["SIGINT", "SIGTERM", "SIGKILL"],
+)
 async def test_killed_run_resumes_to_the_same_file_paying_once(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
@@ -199,11 +203,11 @@ async def test_killed_run_resumes_to_the_same_file_paying_once(
         await server.wait_idle()
         first = server.stats
         saved = recorded_rows(state)
-        if sig == signal.SIGINT:
-            assert code == 130
+        if sig != signal.SIGKILL:
+            assert code == (130 if sig == signal.SIGINT else 143)
             assert "run the same command again to resume" in stderr
             assert stderr.count("\n") <= 2 and "Traceback" not in stderr
-            # Ctrl-C saved everything written: lost are only the batches in the window.
+            # Ctrl-C/SIGTERM saved all written: lost are only the batches in the window.
             assert first.inputs - saved <= WINDOW * BATCH
         else:
             assert code == -signal.SIGKILL
