@@ -16,6 +16,8 @@ from ._faults import Fault as Fault
 from ._faults import FaultKind as FaultKind
 from ._faults import Faults as Faults
 from ._faults import FaultSpec as FaultSpec
+from ._mock import MockTransport as MockTransport
+from ._mock import json_response as json_response
 from ._serve import add_serve_arguments as add_serve_arguments
 from ._serve import run_serve as run_serve
 from ._serve import serve_main as serve_main
@@ -31,10 +33,12 @@ __all__ = [
     "FaultSpec",
     "Faults",
     "LocalServer",
+    "MockTransport",
     "RequestRecord",
     "ServerStats",
     "add_serve_arguments",
     "expected_vector",
+    "json_response",
     "no_backoff",
     "run_serve",
     "serve_main",
