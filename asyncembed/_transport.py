@@ -133,8 +133,14 @@ class HTTPTransport:
                 timeout=self._timeout,
             )
         try:
+            # No redirects: an embeddings POST never needs one, and following one could
+            # carry the key to another host.
             async with session.post(
-                self._url, data=content, headers=self._headers, timeout=self._timeout
+                self._url,
+                data=content,
+                headers=self._headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as resp:
                 body = await resp.read()
                 return RawResponse(resp.status, resp.headers, body)

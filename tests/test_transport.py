@@ -149,3 +149,36 @@ async def test_dimensions_on_openrouter_require_parameters(
         await recorder.aclose()
         assert recorder.bodies[0].get("provider") == expected
         assert recorder.bodies[0]["dimensions"] == 4
+
+
+async def test_redirects_are_not_followed_so_the_key_stays_put() -> None:
+    from aiohttp import web
+
+    hits: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        raise web.HTTPTemporaryRedirect("/elsewhere/embeddings")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.json_response({"data": []})
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", redirect)
+    app.router.add_post("/elsewhere/embeddings", elsewhere)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        transport = HTTPTransport(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
+        async with Embedder("m", transport=transport, retry=no_backoff(1)) as embedder:
+            with pytest.raises(asyncembed.APIStatusError) as info:
+                await embedder.embed("x")
+        await transport.aclose()
+        assert info.value.status == 307 and not info.value.retryable
+        assert hits == ["/v1/embeddings"]
+    finally:
+        await runner.cleanup()
