@@ -88,6 +88,13 @@ def _add_client_arguments(p: argparse.ArgumentParser, *, model: str | None) -> N
     )
     p.add_argument("--concurrency", type=_positive, default=16, help="requests in flight at most")
     p.add_argument("--local", action="store_true", help="use an in-process local server")
+    p.add_argument(
+        "--local-latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --local: seconds the server takes per request, like a real API",
+    )
     p.add_argument("--base-url", help="API root (default: $OPENROUTER_BASE_URL or OpenRouter)")
     p.add_argument(
         "--api-key-env",
@@ -211,7 +218,9 @@ async def _client(args: argparse.Namespace, **options: Any) -> AsyncIterator[Emb
             if args.base_url:
                 raise _UsageError("--local and --base-url cannot be used together")
             dims = getattr(args, "dimensions", None) or LOCAL_DIMENSIONS
-            server = LocalServer(dimensions=dims, record_requests=False)
+            if args.local_latency < 0:
+                raise _UsageError("--local-latency must be >= 0")
+            server = LocalServer(dimensions=dims, latency=args.local_latency, record_requests=False)
             await stack.enter_async_context(server)
             base_url, api_key = server.base_url, ""
         else:

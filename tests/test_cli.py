@@ -325,3 +325,14 @@ def test_interrupted_hint_says_how_to_resume(tmp_path: Path) -> None:
         f" at 0 of 2 texts; progress saved in {state} (0 texts):"
         " run the same command again to resume"
     )
+
+
+def test_local_latency_must_not_be_negative(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--local"]
+    assert main([*argv, "--model", "m", "--local-latency", "-1"]) == 2
+    assert "--local-latency must be >= 0" in capsys.readouterr().err
+    assert main([*argv, "--model", "m", "--local-latency", "0.001", "--quiet"]) == 0
+    assert np.load(tmp_path / "o.npy").shape == (2, 384)
