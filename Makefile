@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check asyncembed tests benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy asyncembed
+	$(BIN)/mypy asyncembed tests benchmarks
 
 pytest: $(STAMP)
 	$(BIN)/pytest

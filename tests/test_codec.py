@@ -12,6 +12,7 @@ import asyncembed
 from asyncembed._codec import Base64Unsupported, decode_response
 from asyncembed._exceptions import error_for_status, parse_retry_after
 from asyncembed._transport import RawResponse
+from asyncembed._types import EncodingFormat
 
 VECTORS = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
 
@@ -28,14 +29,14 @@ def decode(
     content: bytes,
     *,
     expected: int = 3,
-    encoding: str = "float",
+    encoding: EncodingFormat = "float",
     status: int = 200,
     headers: dict[str, str] | None = None,
     dimensions: int | None = None,
 ) -> asyncembed.Embeddings:
     return decode_response(
         status, headers or {}, content, expected=expected, encoding=encoding, dimensions=dimensions
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_float_and_base64_decode_to_the_same_float32_matrix() -> None:
@@ -102,7 +103,7 @@ def test_base64_request_answered_with_floats_or_nothing_signals_fallback() -> No
     ids=["null", "ragged", "ragged-b64", "not-float32", "empty", "bad-b64"],
 )
 def test_untrustworthy_vectors_are_protocol_errors(items: list[dict[str, Any]]) -> None:
-    encoding = "base64" if isinstance(items[0]["embedding"], str) else "float"
+    encoding: EncodingFormat = "base64" if isinstance(items[0]["embedding"], str) else "float"
     with pytest.raises(asyncembed.ProtocolError):
         decode(body(items), expected=2, encoding=encoding)
 

@@ -44,5 +44,5 @@ def test_config_objects_are_frozen_and_keyword_only() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         batching.max_size = 5  # type: ignore[misc]
     with pytest.raises(TypeError):
-        Batching(10)  # type: ignore[misc]
+        Batching(10)  # type: ignore[call-arg]
     assert repr(Limits(max_concurrency=4)).startswith("Limits(max_concurrency=4")

@@ -19,6 +19,7 @@ from asyncembed.testing import (
     FakeClock,
     Fault,
     Faults,
+    FaultSpec,
     LocalServer,
     expected_vector,
     no_backoff,
@@ -118,7 +119,10 @@ async def test_wrong_key_is_401_and_never_shown() -> None:
 async def test_one_bad_input_among_255_good_ones_fails_alone() -> None:
     texts = [f"good {i}" for i in range(256)]
     texts[137] = "poison"
-    kw = {"server_kw": {"reject_inputs": {"poison"}}, "batching": Batching(max_size=256)}
+    kw: dict[str, Any] = {
+        "server_kw": {"reject_inputs": {"poison"}},
+        "batching": Batching(max_size=256),
+    }
     async with setup(**kw) as (server, embedder, _):
         results: dict[int, Any] = {}
 
@@ -140,7 +144,7 @@ async def test_one_bad_input_among_255_good_ones_fails_alone() -> None:
 
 
 async def test_embed_many_names_the_bad_input() -> None:
-    kw = {"server_kw": {"reject_inputs": {"poison"}}}
+    kw: dict[str, Any] = {"server_kw": {"reject_inputs": {"poison"}}}
     async with setup(**kw) as (_, embedder, _clock):
         with pytest.raises(asyncembed.BadRequestError) as info:
             await embedder.embed_many(["fine", "also fine", "poison", "ok"])
@@ -156,7 +160,10 @@ async def test_payload_too_large_is_bisected() -> None:
 
 async def test_429_pauses_all_dispatch_for_the_servers_delay() -> None:
     limits = Limits(max_concurrency=4)
-    kw = {"server_kw": {"script": [Fault.rate_limit(retry_after=1.0)]}, "limits": limits}
+    kw: dict[str, Any] = {
+        "server_kw": {"script": [Fault.rate_limit(retry_after=1.0)]},
+        "limits": limits,
+    }
     async with setup(batching=Batching(max_size=5), **kw) as (server, embedder, clock):
         await embedder.embed_many([f"text {i}" for i in range(60)])
         records = server.requests
@@ -172,7 +179,10 @@ async def test_429_pauses_all_dispatch_for_the_servers_delay() -> None:
 
 async def test_retry_after_longer_than_the_budget_fails_fast() -> None:
     retry = Retry(attempts=5, timeout=30.0)
-    kw = {"server_kw": {"script": [Fault.rate_limit(retry_after=120)]}, "retry": retry}
+    kw: dict[str, Any] = {
+        "server_kw": {"script": [Fault.rate_limit(retry_after=120)]},
+        "retry": retry,
+    }
     async with setup(**kw) as (server, embedder, clock):
         with pytest.raises(asyncembed.RateLimitError) as info:
             await embedder.embed("x")
@@ -181,7 +191,7 @@ async def test_retry_after_longer_than_the_budget_fails_fast() -> None:
 
 
 async def test_no_retry_sleep_ends_past_the_callers_timeout() -> None:
-    kw = {"server_kw": {"script": [Fault.rate_limit(retry_after=10)]}}
+    kw: dict[str, Any] = {"server_kw": {"script": [Fault.rate_limit(retry_after=10)]}}
     async with setup(**kw) as (server, embedder, clock):
         with pytest.raises(asyncembed.RateLimitError):
             await embedder.embed("x", timeout=5.0)
@@ -206,7 +216,7 @@ async def test_backoff_uses_full_jitter_within_the_cap() -> None:
 
 @pytest.mark.parametrize("mode", ["empty_data", "float"])
 async def test_model_without_base64_falls_back_to_float_for_good(mode: str) -> None:
-    kw = {"base64_unsupported_models": {MODEL}, "base64_unsupported_mode": mode}
+    kw: dict[str, Any] = {"base64_unsupported_models": {MODEL}, "base64_unsupported_mode": mode}
     async with setup(server_kw=kw) as (server, embedder, _):
         first = await embedder.embed_many(["a", "b"])
         second = await embedder.embed("c")
@@ -291,20 +301,18 @@ def test_key_is_not_sent_over_plain_http_to_another_host() -> None:
 
 async def test_chaos_every_text_gets_its_vector_exactly_once() -> None:
     """20,000 texts through embed() and embed_many() with 20% of requests failing."""
-    faults = Faults(
-        rates={
-            Fault.rate_limit(retry_after=0.5): 0.03,
-            "500": 0.03,
-            "502": 0.03,
-            "503": 0.03,
-            "error_200": 0.02,
-            "shuffled": 0.02,
-            "truncated": 0.02,
-            "reset": 0.02,
-        },
-        seed=7,
-    )
-    kw = {
+    rates: dict[FaultSpec, float] = {
+        Fault.rate_limit(retry_after=0.5): 0.03,
+        "500": 0.03,
+        "502": 0.03,
+        "503": 0.03,
+        "error_200": 0.02,
+        "shuffled": 0.02,
+        "truncated": 0.02,
+        "reset": 0.02,
+    }
+    faults = Faults(rates=rates, seed=7)
+    kw: dict[str, Any] = {
         "server_kw": {"faults": faults},
         "batching": Batching(max_size=100),
         "limits": Limits(max_concurrency=8),
@@ -345,7 +353,7 @@ async def test_time_queued_behind_our_own_limits_is_not_charged_to_the_retry_bud
     # One slot, taken by a slow-to-fail request: the next waits 60 s (virtual) in line.
     limits = Limits(max_concurrency=1, requests_per_minute=1)
     retry = Retry(attempts=3, timeout=30.0, initial_delay=0.0, max_delay=0.0)
-    kw = {"server_kw": {"script": ["ok", "503"]}, "limits": limits, "retry": retry}
+    kw: dict[str, Any] = {"server_kw": {"script": ["ok", "503"]}, "limits": limits, "retry": retry}
     async with setup(batching=Batching(max_size=1), **kw) as (server, embedder, clock):
         matrix = await embedder.embed_many(["first", "second"])
         assert matrix.shape == (2, DIMS)
@@ -355,7 +363,10 @@ async def test_time_queued_behind_our_own_limits_is_not_charged_to_the_retry_bud
 
 async def test_a_fatal_error_while_bisecting_reaches_callers_as_itself() -> None:
     # 400 for the batch, then 401 for a half: callers get the AuthenticationError.
-    kw = {"server_kw": {"script": [400, 401, 401]}, "batching": Batching(max_wait=10.0)}
+    kw: dict[str, Any] = {
+        "server_kw": {"script": [400, 401, 401]},
+        "batching": Batching(max_wait=10.0),
+    }
     async with setup(**kw) as (_, embedder, _clock):
         errors: list[BaseException] = []
 
@@ -375,7 +386,7 @@ async def test_a_fatal_error_while_bisecting_reaches_callers_as_itself() -> None
 
 
 async def test_embed_many_timeout_bounds_retry_sleeps_too() -> None:
-    kw = {"server_kw": {"script": [Fault.rate_limit(retry_after=10)]}}
+    kw: dict[str, Any] = {"server_kw": {"script": [Fault.rate_limit(retry_after=10)]}}
     async with setup(**kw) as (server, embedder, clock):
         with pytest.raises(asyncembed.RateLimitError):
             await embedder.embed_many(["a", "b"], timeout=5.0)
@@ -383,7 +394,7 @@ async def test_embed_many_timeout_bounds_retry_sleeps_too() -> None:
 
 
 async def test_a_final_429_still_lowers_concurrency() -> None:
-    kw = {"server_kw": {"script": ["429"]}, "limits": Limits(max_concurrency=8)}
+    kw: dict[str, Any] = {"server_kw": {"script": ["429"]}, "limits": Limits(max_concurrency=8)}
     async with setup(retry=no_backoff(1), **kw) as (_, embedder, _clock):
         with pytest.raises(asyncembed.RateLimitError):
             await embedder.embed("x")
