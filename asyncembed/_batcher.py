@@ -2,12 +2,13 @@
 
 A batch is flushed when it holds ``max_size`` texts, when the next text would pass
 ``max_tokens``, or ``max_wait`` after its first text, whichever comes first. A text
-already queued or in flight is not sent again: the new caller joins its waiters.
+already queued or in flight is not sent again: the new caller joins its entry, and
+the entry's batch takes on the caller's deadline (none, if the caller has none).
 
 Callers wait on plain asyncio futures, not anyio primitives: one future per call is
 the cheapest awaitable there is (about a microsecond), and this is the per-text hot
 path. Cancelling a caller cancels its future; the batch skips texts nobody waits
-for any more when it is sent, and drops results nobody waits for when they arrive.
+for any more when it is sent, and a request every caller has left is cancelled.
 """
 
 from __future__ import annotations
@@ -17,25 +18,27 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from ._batches import Outcome
 from ._clock import Clock
 from ._config import Batching
 from ._exceptions import EmbedderClosedError
 from ._inputs import TokenEstimator
-from ._sender import Outcome
+from ._sender import Deadline
 from ._stats import Counters
 from ._types import Vector
 
 __all__ = ["Batcher"]
 
-Deliver = Callable[[list[str], float | None], Awaitable[Outcome]]
+Deliver = Callable[[list[str], Deadline], Awaitable[Outcome]]
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 class _Batch:
-    __slots__ = ("deadline", "request", "texts", "timer", "tokens", "unbounded")
+    __slots__ = ("deadline", "entries", "request", "texts", "timer", "tokens", "unbounded")
 
     def __init__(self) -> None:
         self.texts: list[str] = []
+        self.entries: list[_Entry] = []
         self.tokens = 0
         self.deadline: float | None = None
         self.unbounded = False  # some caller has no deadline
@@ -43,6 +46,31 @@ class _Batch:
         # the request (cancelled when every caller has left); made inside the event loop.
         self.timer: anyio.CancelScope | None = None
         self.request: anyio.CancelScope | None = None
+
+    def admit(self, deadline: float | None) -> None:
+        """Widen the batch's deadline to cover one more caller."""
+        if deadline is None:
+            self.unbounded = True
+        elif self.deadline is None or deadline > self.deadline:
+            self.deadline = deadline
+
+    def latest(self) -> float | None:
+        """The latest deadline of any caller, read at each retry (``None``: no limit)."""
+        return None if self.unbounded else self.deadline
+
+
+class _Entry:
+    """One distinct text waiting: its callers' futures and the batch carrying it."""
+
+    __slots__ = ("batch", "futures")
+
+    def __init__(self, future: asyncio.Future[Vector], batch: _Batch) -> None:
+        self.futures = [future]
+        self.batch = batch
+
+    def live(self) -> bool:
+        """Whether any caller still waits."""
+        return any(not f.done() for f in self.futures)
 
 
 class Batcher:
@@ -75,10 +103,8 @@ class Batcher:
         self._deliver = deliver
         self._counters = counters
         self._batch = _Batch()
-        # text -> futures of every caller waiting for it, queued or in flight.
-        self._waiting: dict[str, list[asyncio.Future[Vector]]] = {}
-        # text -> the batch carrying it, while in flight.
-        self._sending: dict[str, _Batch] = {}
+        # text -> its entry, while queued or in flight.
+        self._waiting: dict[str, _Entry] = {}
 
     @property
     def queued(self) -> int:
@@ -94,27 +120,23 @@ class Batcher:
         """Queue one (validated) text; the future gets its vector or its error."""
         # The per-text hot path: local names, no helper calls.
         future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        waiting = self._waiting
-        waiters = waiting.get(text)
-        if waiters is not None:
-            waiters.append(future)
+        entry = self._waiting.get(text)
+        if entry is not None:
+            entry.futures.append(future)
+            entry.batch.admit(deadline)
             self._counters.deduplicated += 1
             return future
-        waiting[text] = [future]
         tokens = int(len(text) / self._estimator.chars_per_token) + 1  # = estimate(text)
         batch = self._batch
-        texts = batch.texts
-        if texts and batch.tokens + tokens > self._max_tokens:
+        if batch.texts and batch.tokens + tokens > self._max_tokens:
             self.flush()
             batch = self._batch
-            texts = batch.texts
-        texts.append(text)
+        entry = self._waiting[text] = _Entry(future, batch)
+        batch.texts.append(text)
+        batch.entries.append(entry)
         batch.tokens += tokens
-        if deadline is None:
-            batch.unbounded = True
-        elif batch.deadline is None or deadline > batch.deadline:
-            batch.deadline = deadline
-        size = len(texts)
+        batch.admit(deadline)
+        size = len(batch.texts)
         if size >= self._max_size:
             self.flush()
         elif size == 1:
@@ -133,11 +155,16 @@ class Batcher:
 
     def abandoned(self, text: str) -> None:
         """A caller of ``text`` was cancelled: stop its request if nobody else waits."""
-        batch = self._sending.get(text)
-        if batch is None:
+        entry = self._waiting.get(text)
+        if entry is None:
+            return
+        batch = entry.batch
+        if batch.request is None:
             return  # still queued: skipped when the batch is sent
-        waiting = self._waiting
-        if batch.request and all(f.done() for t in batch.texts for f in waiting.get(t, ())):
+        if not any(e.live() for e in batch.entries):
+            # Forget the texts now, so a caller arriving before the request has wound
+            # down starts afresh instead of joining a request that will never answer.
+            self._release(batch)
             batch.request.cancel()
 
     def fail_queued(self, exc: BaseException) -> None:
@@ -145,10 +172,18 @@ class Batcher:
         batch, self._batch = self._batch, _Batch()
         if batch.timer is not None:
             batch.timer.cancel()
-        for text in batch.texts:
-            for future in self._waiting.pop(text, ()):
+        self._release(batch)
+        for entry in batch.entries:
+            for future in entry.futures:
                 if not future.done():
                     future.set_exception(exc)
+
+    def _release(self, batch: _Batch) -> None:
+        """Remove the batch's entries from the waiting map (only its own entries)."""
+        waiting = self._waiting
+        for text, entry in zip(batch.texts, batch.entries, strict=True):
+            if waiting.get(text) is entry:
+                del waiting[text]
 
     async def _flush_later(self, batch: _Batch) -> None:
         assert batch.timer is not None
@@ -158,54 +193,48 @@ class Batcher:
                 self.flush()
 
     async def _send(self, batch: _Batch) -> None:
+        texts: list[str] = []
+        entries: list[_Entry] = []
         waiting = self._waiting
-        texts = []
-        for text in batch.texts:
-            callers = waiting[text]
-            if not callers[0].done() or any(not f.done() for f in callers):
+        for text, entry in zip(batch.texts, batch.entries, strict=True):
+            if not entry.futures[0].done() or entry.live():
                 texts.append(text)
-            else:
+                entries.append(entry)
+            elif waiting.get(text) is entry:
                 del waiting[text]  # every caller left before the batch was sent
         if not texts:
             return
-        batch.texts = texts
-        sending = self._sending
-        for text in texts:
-            sending[text] = batch
-        deadline = None if batch.unbounded else batch.deadline
+        batch.texts, batch.entries = texts, entries
         scope = batch.request = anyio.CancelScope()
         try:
             with scope:
-                outcome = await self._deliver(texts, deadline)
-            if scope.cancelled_caught:
-                for text in texts:
-                    waiting.pop(text, None)
-                return
+                outcome = await self._deliver(texts, batch.latest)
         except BaseException as exc:
             failure: BaseException = exc
             if not isinstance(exc, Exception):  # cancelled: the Embedder is shutting down
                 failure = EmbedderClosedError("the Embedder closed before this text was embedded")
-            for text in texts:
-                for future in waiting.pop(text, ()):
+            self._release(batch)
+            for entry in entries:
+                for future in entry.futures:
                     if not future.done():
                         future.set_exception(failure)
             if failure is not exc:
                 raise  # let cancellation through; errors went to the callers
             return
-        finally:
-            for text in texts:
-                sending.pop(text, None)
+        self._release(batch)
+        if scope.cancelled_caught:
+            return  # every caller had left (see abandoned)
         vectors, errors = outcome.vectors, outcome.errors
-        for i, text in enumerate(texts):
-            futures = waiting.pop(text, ())
-            error = errors.get(i)
+        for i, entry in enumerate(entries):
+            error = errors.get(i) if errors else None
             if error is None and vectors is not None:
-                # A copy per text, so a vector kept by a caller does not pin the batch.
-                vector = vectors[i].copy()
-                for future in futures:
+                # A copy per caller, so a kept vector does not pin the batch and one
+                # caller changing its array in place cannot change another's.
+                for future in entry.futures:
                     if not future.done():
-                        future.set_result(vector)
+                        future.set_result(vectors[i].copy())
             else:
-                for future in futures:
+                failure = error or RuntimeError("no vector returned")
+                for future in entry.futures:
                     if not future.done():
-                        future.set_exception(error or RuntimeError("no vector returned"))
+                        future.set_exception(failure)

@@ -139,7 +139,10 @@ def _matrix(rows: list[Embedding], kinds: set[type], dimensions: int | None) -> 
             size = sizes.pop()
             if size % 4:
                 raise ProtocolError(f"base64 vector of {size} bytes is not float32")
-            matrix = np.frombuffer(b"".join(rows), dtype="<f4").reshape(len(rows), -1)  # type: ignore[arg-type]
+            # bytearray: one copy like bytes, but the matrix it backs is writable, as
+            # every matrix handed to users is.
+            joined = bytearray().join(rows)  # type: ignore[arg-type]
+            matrix = np.frombuffer(joined, dtype="<f4").reshape(len(rows), -1)
         elif bytes in kinds:
             raise ProtocolError("response mixes base64 and float vectors")
         else:

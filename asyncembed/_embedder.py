@@ -6,8 +6,8 @@ import asyncio
 import enum
 import os
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
@@ -17,6 +17,7 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from ._batcher import Batcher
+from ._batches import BatchRunner, Outcome
 from ._clock import Clock, SystemClock
 from ._codec import Embeddings
 from ._config import Batching, Limits, Retry, Timeouts
@@ -24,7 +25,7 @@ from ._exceptions import APITimeoutError, EmbedderClosedError
 from ._inputs import TokenEstimator, check_many, check_tokens
 from ._models import ProviderPreferences
 from ._scheduler import BULK, LIVE, Scheduler
-from ._sender import Outcome, RequestOptions, Sender
+from ._sender import Deadline, RequestOptions, Sender
 from ._stats import Counters, Stats
 from ._store import Cache
 from ._stream import stream_blocks
@@ -173,8 +174,13 @@ class Embedder(anyio.AsyncContextManagerMixin):
             ),
             retry=self.retry,
             limits=self.limits,
-            batching=self.batching,
             encoding_format=encoding_format,
+        )
+        self._batches = BatchRunner(
+            self._sender,
+            batching=self.batching,
+            estimator=self._estimator,
+            counters=self._counters,
             cache=self.cache,
         )
         self._batcher = Batcher(
@@ -182,8 +188,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
         )
         self._state = _State.UNOPENED
         self._tg: TaskGroup | None = None
-        self._tasks = 0
+        self._tasks = 0  # background tasks and public calls in progress
         self._idle: asyncio.Future[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -297,9 +304,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
         """
         self._check_open()
         items = check_many(texts, self._estimator)
-        deadline = None if timeout is None else self._clock.now() + timeout
-        with anyio.move_on_after(timeout):
-            return await self._sender.embed_all(items, priority=BULK, deadline=deadline)
+        at = None if timeout is None else self._clock.now() + timeout
+        with self._active(), anyio.move_on_after(timeout):
+            return await self._batches.embed_all(items, priority=BULK, deadline=lambda: at)
         raise APITimeoutError(f"embed_many() did not finish within {timeout} s")
 
     @overload
@@ -332,7 +339,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         self._check_open()
         return stream_blocks(
             items,
-            embed_chunk=lambda chunk_: self._sender.embed_all(chunk_, priority=BULK),
+            embed_chunk=self._embed_block,
             check=self._estimator.check_text,
             batching=self.batching,
             window=window or 2 * self.limits.max_concurrency,
@@ -364,7 +371,8 @@ class Embedder(anyio.AsyncContextManagerMixin):
             check_tokens(input)
         else:
             check_many(input, self._estimator)
-        return await self._sender.request(input, priority=LIVE, encoding_format=encoding_format)
+        with self._active():
+            return await self._sender.request(input, priority=LIVE, encoding_format=encoding_format)
 
     async def aclose(self, *, cancel_pending: bool = False) -> None:
         """Send what is queued (or fail it), wait for requests in flight, close the session.
@@ -375,17 +383,24 @@ class Embedder(anyio.AsyncContextManagerMixin):
             cancel_pending: Fail queued texts with :class:`EmbedderClosedError` instead
                 of sending them.
         """
+        if self._closing is not None:
+            await asyncio.shield(self._closing)  # another aclose() is at work: wait for it
+            return
         if self._state is not _State.OPENED:
             return
         self._state = _State.CLOSED
-        if cancel_pending:
-            self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
-        else:
-            self._batcher.flush()
-        while self._tasks:
-            self._idle = asyncio.get_running_loop().create_future()
-            await self._idle
-        await self._release()
+        self._closing = asyncio.get_running_loop().create_future()
+        try:
+            if cancel_pending:
+                self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
+            else:
+                self._batcher.flush()
+            while self._tasks:
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
+            await self._release()
+        finally:
+            self._closing.set_result(None)
 
     async def _release(self) -> None:
         """Close what this Embedder created (idempotent)."""
@@ -406,6 +421,18 @@ class Embedder(anyio.AsyncContextManagerMixin):
                 else "the Embedder is closed"
             )
 
+    @contextmanager
+    def _active(self) -> Iterator[None]:
+        """Count a call in progress, so aclose() waits for it (and refuse once closed)."""
+        self._check_open()
+        self._tasks += 1
+        try:
+            yield
+        finally:
+            self._tasks -= 1
+            if not self._tasks and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
+
     def _spawn(self, job: Any) -> None:
         assert self._tg is not None
         self._tasks += 1
@@ -419,5 +446,10 @@ class Embedder(anyio.AsyncContextManagerMixin):
             if not self._tasks and self._idle is not None and not self._idle.done():
                 self._idle.set_result(None)
 
-    async def _deliver(self, texts: list[str], deadline: float | None) -> Outcome:
-        return await self._sender.run(texts, priority=LIVE, deadline=deadline)
+    async def _deliver(self, texts: list[str], deadline: Deadline) -> Outcome:
+        return await self._batches.run(texts, priority=LIVE, deadline=deadline)
+
+    async def _embed_block(self, texts: list[str], start: int) -> Matrix:
+        # A stream's batches: refused once the Embedder is closed, waited for by aclose().
+        with self._active():
+            return await self._batches.embed_all(texts, priority=BULK, offset=start)

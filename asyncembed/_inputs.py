@@ -6,6 +6,7 @@ caller's own frame, and costs nobody else anything.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -66,7 +67,8 @@ class TokenEstimator:
             estimated = self.estimate(text)
             if estimated > limit:
                 if self._batching.truncate:
-                    return text[: int(limit * self.chars_per_token)]
+                    # The longest prefix whose estimate is within the limit.
+                    return text[: math.ceil(limit * self.chars_per_token) - 1]
                 raise InputTooLongError(
                     f"{where} is about {estimated} tokens, over max_input_tokens={limit} "
                     "(pass Batching(truncate=True) to cut it instead)"

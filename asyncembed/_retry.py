@@ -36,7 +36,7 @@ def retrying(
     policy: Retry,
     clock: Clock,
     *,
-    deadline: float | None = None,
+    deadline: Callable[[], float | None] | None = None,
     started: Callable[[], float | None] = lambda: None,
     on_retry: Callable[[BaseException, float], None] | None = None,
     rng: random.Random | None = None,
@@ -46,8 +46,10 @@ def retrying(
     Args:
         policy: Attempts, time budget and backoff.
         clock: Time for the budget and the sleeps (``clock.sleep`` does the waiting).
-        deadline: The latest ``clock.now()`` any caller still waits for; no sleep is
-            started that would end after it. ``None``: no caller deadline.
+        deadline: Returns the latest ``clock.now()`` any caller still waits for, read
+            before each sleep (callers may join while the request is in flight); no
+            sleep is started that would end after it. ``None`` (or a ``None`` reading):
+            no caller deadline.
         started: When the first attempt was actually sent (after its wait for a
             slot), so time spent queued behind our own limits is not charged to the
             retry budget; ``None`` until then (the loop's start is used instead).
@@ -85,8 +87,9 @@ def retrying(
         # Fail fast rather than sleep past the budget or past every caller's deadline.
         sent = started()
         limit = (created if sent is None else sent) + policy.timeout
-        if deadline is not None:
-            limit = min(limit, deadline)
+        latest = deadline() if deadline is not None else None
+        if latest is not None:
+            limit = min(limit, latest)
         return clock.now() + (state.upcoming_sleep or 0.0) > limit
 
     def before_sleep(state: tenacity.RetryCallState) -> None:

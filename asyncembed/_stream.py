@@ -34,7 +34,7 @@ async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any
 async def stream_blocks(
     items: Iterable[Any] | AsyncIterable[Any],
     *,
-    embed_chunk: Callable[[list[str]], Awaitable[Matrix]],
+    embed_chunk: Callable[[list[str], int], Awaitable[Matrix]],
     check: Callable[[object, str], str],
     batching: Batching,
     window: int,
@@ -60,7 +60,7 @@ async def stream_blocks(
     def launch() -> None:
         nonlocal ids, texts, start
         key = ids if pairs else start
-        pending.append((key, asyncio.ensure_future(embed_chunk(texts))))
+        pending.append((key, asyncio.ensure_future(embed_chunk(texts, start))))
         start += len(texts)
         ids, texts = [], []
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ._config import Timeouts
-from ._exceptions import APIConnectionError, APITimeoutError
+from ._exceptions import APIConnectionError, APITimeoutError, EmbedderClosedError
 from ._version import __version__
 
 __all__ = ["HTTPTransport", "RawResponse", "Transport", "is_loopback"]
@@ -83,7 +83,7 @@ class HTTPTransport:
             another machine without ``allow_insecure``.
     """
 
-    __slots__ = ("_headers", "_owns_session", "_session", "_timeout", "_url")
+    __slots__ = ("_closed", "_headers", "_owns_session", "_session", "_timeout", "_url")
 
     def __init__(
         self,
@@ -114,6 +114,7 @@ class HTTPTransport:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session = session
         self._owns_session = session is None
+        self._closed = False
         self._timeout = aiohttp.ClientTimeout(total=timeouts.request, sock_connect=timeouts.connect)
 
     def __repr__(self) -> str:
@@ -123,9 +124,13 @@ class HTTPTransport:
         """POST one request body and read the whole answer.
 
         Raises:
-            APIConnectionError: refused, reset, DNS failure, or a truncated body.
+            APIConnectionError: refused, reset, DNS failure, a truncated body, or a
+                caller-owned session that was closed.
             APITimeoutError: the request did not finish within ``Timeouts.request``.
+            EmbedderClosedError: this transport was closed.
         """
+        if self._closed:
+            raise EmbedderClosedError("the HTTP transport is closed")
         session = self._session
         if session is None:
             session = self._session = aiohttp.ClientSession(
@@ -151,9 +156,14 @@ class HTTPTransport:
         except aiohttp.ClientError as exc:
             # str(exc) names the host and the OS error, never request headers.
             raise APIConnectionError(f"{type(exc).__name__}: {exc}") from None
+        except RuntimeError as exc:
+            if not session.closed:
+                raise
+            raise APIConnectionError("the aiohttp session given to asyncembed is closed") from exc
 
     async def aclose(self) -> None:
-        """Close the session if this transport created it."""
+        """Close the session if this transport created it; later posts are refused."""
+        self._closed = True
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None

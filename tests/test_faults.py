@@ -148,7 +148,7 @@ async def test_embed_many_names_the_bad_input() -> None:
     async with setup(**kw) as (_, embedder, _clock):
         with pytest.raises(asyncembed.BadRequestError) as info:
             await embedder.embed_many(["fine", "also fine", "poison", "ok"])
-        assert "(input 2 of the batch)" in info.value.__notes__
+        assert "(input 2)" in info.value.__notes__
 
 
 async def test_payload_too_large_is_bisected() -> None:

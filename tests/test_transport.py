@@ -182,3 +182,24 @@ async def test_redirects_are_not_followed_so_the_key_stays_put() -> None:
         assert hits == ["/v1/embeddings"]
     finally:
         await runner.cleanup()
+
+
+async def test_closed_transport_refuses_instead_of_reopening() -> None:
+    async with LocalServer(dimensions=4) as server:
+        transport = HTTPTransport(base_url=server.base_url, api_key=None)
+        await transport.post(b'{"input": "x", "model": "m"}')
+        await transport.aclose()
+        with pytest.raises(asyncembed.EmbedderClosedError):
+            await transport.post(b'{"input": "x", "model": "m"}')
+        assert transport._session is None
+
+
+async def test_a_closed_caller_session_is_a_connection_error() -> None:
+    import aiohttp
+
+    async with LocalServer(dimensions=4) as server:
+        session = aiohttp.ClientSession()
+        await session.close()
+        transport = HTTPTransport(base_url=server.base_url, api_key=None, session=session)
+        with pytest.raises(asyncembed.APIConnectionError, match="closed"):
+            await transport.post(b'{"input": "x", "model": "m"}')
