@@ -161,7 +161,10 @@ class BatchRunner:
                 )
             matrix[start:end] = vectors
 
-        await _all([functools.partial(one, s, e) for s, e in spans])
+        if len(spans) == 1:
+            await one(*spans[0])  # one batch (every stream block): no task group needed
+        else:
+            await _all([functools.partial(one, s, e) for s, e in spans])
         assert matrix is not None
         if len(unique) != len(items):
             self._counters.deduplicated += len(items) - len(unique)

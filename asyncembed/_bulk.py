@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from contextlib import aclosing
@@ -50,7 +49,6 @@ __all__ = ["BulkJob", "BulkResult"]
 
 _log = logging.getLogger("asyncembed")
 Block: TypeAlias = tuple[list[RecordId], Matrix]
-_ITEM = re.compile(r"item (\d+)\b")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -347,8 +345,7 @@ class BulkJob:
 
 
 def _record_number(exc: InvalidInputError, first: int) -> str:
-    """Turn the stream's "item N ..." (counted from the resumed row) into a 1-based record."""
-    match = _ITEM.match(str(exc))
-    if match is None:
+    """Name the stream's bad item (counted from the resumed row) as a 1-based record."""
+    if exc.index is None:
         return str(exc)
-    return f"record {first + int(match[1]) + 1}{str(exc)[match.end() :]}"
+    return f"record {first + exc.index + 1}: {exc}"

@@ -333,7 +333,8 @@ class Embedder(anyio.AsyncContextManagerMixin):
             window: Batches in flight at most (default ``2 * max_concurrency``).
 
         Raises:
-            TypeError, InvalidInputError: a bad item (its position is in the message).
+            TypeError, InvalidInputError: a bad item (its position is in the message and,
+                for InvalidInputError, in ``index``).
             The errors of :meth:`embed_many`.
         """
         self._check_open()
@@ -341,7 +342,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
             items,
             embed_chunk=self._embed_block,
             check=self._estimator.check_text,
-            batching=self.batching,
+            size=self.batching.max_size,
             window=window or 2 * self.limits.max_concurrency,
         )
 

@@ -95,7 +95,16 @@ class ProtocolError(AsyncEmbedError):
 
 
 class InvalidInputError(AsyncEmbedError, ValueError):
-    """An input was rejected at the call site (empty text, empty list...). Not retried."""
+    """An input was rejected at the call site (empty text, empty list...). Not retried.
+
+    Attributes:
+        index: The input's position in the list or stream, or ``None`` for a single
+            text.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class InputTooLongError(InvalidInputError):

@@ -50,18 +50,23 @@ class TokenEstimator:
         observed = min(_MAX_RATIO, max(_MIN_RATIO, characters / prompt_tokens))
         self.chars_per_token += _SMOOTHING * (observed - self.chars_per_token)
 
-    def check_text(self, text: object, where: str = "text") -> str:
+    def check_text(self, text: object, index: int | None = None, label: str = "text") -> str:
         """Validate one text; return it (cut short when ``Batching.truncate`` is set).
+
+        ``index`` and ``label`` name the input in messages (``texts[3]``); they are
+        formatted only when something is wrong, since this runs for every text.
 
         Raises:
             TypeError: not a ``str``.
-            InvalidInputError: empty.
+            InvalidInputError: empty (its ``index`` is set).
             InputTooLongError: over ``Batching.max_input_tokens`` (estimated).
         """
         if not isinstance(text, str):
-            raise TypeError(f"{where} must be a str, got {type(text).__name__}")
+            raise TypeError(f"{_name(label, index)} must be a str, got {type(text).__name__}")
         if not text:
-            raise InvalidInputError(f"{where} is empty; the API rejects empty strings")
+            raise InvalidInputError(
+                f"{_name(label, index)} is empty; the API rejects empty strings", index=index
+            )
         limit = self._batching.max_input_tokens
         if limit is not None and len(text) > limit * self.chars_per_token:
             estimated = self.estimate(text)
@@ -70,10 +75,15 @@ class TokenEstimator:
                     # The longest prefix whose estimate is within the limit.
                     return text[: math.ceil(limit * self.chars_per_token) - 1]
                 raise InputTooLongError(
-                    f"{where} is about {estimated} tokens, over max_input_tokens={limit} "
-                    "(pass Batching(truncate=True) to cut it instead)"
+                    f"{_name(label, index)} is about {estimated} tokens, over "
+                    f"max_input_tokens={limit} (pass Batching(truncate=True) to cut it instead)",
+                    index=index,
                 )
         return text
+
+
+def _name(label: str, index: int | None) -> str:
+    return label if index is None else f"{label}[{index}]"
 
 
 def check_tokens(tokens: object, where: str = "input") -> list[int]:
@@ -106,7 +116,7 @@ def check_many(texts: object, estimator: TokenEstimator) -> list[Any]:
         raise InvalidInputError("expected at least one text, got an empty list")
     if isinstance(texts[0], str):
         check = estimator.check_text
-        return [check(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        return [check(t, i, "texts") for i, t in enumerate(texts)]
     if isinstance(texts[0], list | tuple):
         return [check_tokens(t, f"texts[{i}]") for i, t in enumerate(texts)]
     raise TypeError(f"texts[0] must be a str or a token list, got {type(texts[0]).__name__}")

@@ -336,3 +336,14 @@ def test_local_latency_must_not_be_negative(
     assert "--local-latency must be >= 0" in capsys.readouterr().err
     assert main([*argv, "--model", "m", "--local-latency", "0.001", "--quiet"]) == 0
     assert np.load(tmp_path / "o.npy").shape == (2, 384)
+
+
+def test_an_over_long_text_names_its_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.txt").write_text("short\nanother\n" + "x" * 40_000 + "\nlast\n")
+    argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--local"]
+    assert main([*argv, "--model", "m", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "record 3" in err and "max_input_tokens" in err and err.count("\n") == 1
+    assert not (tmp_path / "o.npy").exists()

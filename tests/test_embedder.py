@@ -253,7 +253,7 @@ async def test_stream_of_pairs_yields_ids() -> None:
 
 async def test_stream_bad_item_names_its_position() -> None:
     async with setup() as (_, embedder):
-        with pytest.raises(asyncembed.InvalidInputError, match="item 2"):
+        with pytest.raises(asyncembed.InvalidInputError, match=r"item\[2\]"):
             async for _ in embedder.stream(["a", "b", "", "d"]):
                 pass
 
