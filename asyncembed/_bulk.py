@@ -29,21 +29,23 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import TypeAlias
 
 import anyio
 
+from ._config import Batching
 from ._embedder import Embedder
 from ._exceptions import InvalidInputError
+from ._inputs import TokenEstimator
 from ._io import InputFileError, OutputFileError, RecordId
 from ._readers import Reader, open_reader
 from ._stats import Stats
 from ._store import JobIdentity, JobState
 from ._types import Matrix
-from ._writers import Writer, open_writer
+from ._writers import Writer, check_output, open_writer
 
 __all__ = ["BulkJob", "BulkResult"]
 
@@ -100,6 +102,8 @@ class BulkJob:
             reported before any text is paid for. ``False`` only counts the records
             and lets the run stop at the first bad one.
         checkpoint_every: Seconds between checkpoints (each one fsyncs the output).
+        batching: The Embedder's batching rules: when validating, over-long texts are
+            reported before any text is paid for (``None``: the defaults).
         clock: Monotonic time source, in seconds.
     """
 
@@ -115,6 +119,7 @@ class BulkJob:
         state: str | os.PathLike[str] | None = None,
         validate: bool = True,
         checkpoint_every: float = 2.0,
+        batching: Batching | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if checkpoint_every < 0:
@@ -128,6 +133,7 @@ class BulkJob:
         self.state_path = None if state is None else Path(state)
         self.validate = validate
         self.checkpoint_every = checkpoint_every
+        self._check_text = TokenEstimator(batching or Batching()).check_text
         self._clock = clock
         self._reader: Reader | None = None
         self._state: JobState | None = None
@@ -193,20 +199,49 @@ class BulkJob:
             return
         self._opened = True
         try:
-            self._open()
+            for _ in self._check():
+                pass
+            self._resume()
         except BaseException:
             self.close()
             raise
 
-    def _open(self) -> None:
+    async def aopen(self) -> None:
+        """:meth:`open`, yielding to the event loop while a big input is validated.
+
+        So Ctrl-C (a cancellation) stops the validation of a huge corpus promptly.
+
+        Raises:
+            The errors of :meth:`open`.
+        """
+        if self._opened:
+            return
+        self._opened = True
+        try:
+            for _ in self._check():
+                await anyio.lowlevel.checkpoint()
+            self._resume()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check(self) -> Iterator[int]:
+        """Check paths and input; count the records (yielding now and then)."""
         reader = self._reader = open_reader(self.input, field=self.field, id_field=self.id_field)
-        folder = self.output.parent
-        if not folder.is_dir():  # checked early: validating a big input takes a while
-            raise OutputFileError(self.output, f"output folder {str(folder)!r} does not exist")
-        total = sum(1 for _ in reader.records()) if self.validate else reader.count()
-        if total == 0:
+        self._check_paths()
+        # The output is checked before the state file is touched, so a usage error
+        # leaves no state behind to trip up the corrected command.
+        check_output(self.output)
+        if self.validate:
+            yield from self._validate(reader)
+        else:
+            self._total = reader.count()
+        if self._total == 0:
             raise InputFileError(self.input, "no text to embed")
-        self._total = total
+
+    def _resume(self) -> None:
+        """Open the state (resuming from its checkpoint) and the writer."""
+        total = self._total
         checkpoint = None
         if self.state_path is not None:
             self._state = state = JobState(self.state_path)
@@ -238,6 +273,47 @@ class BulkJob:
         )
         if writer.finished:  # an earlier run crashed between finish() and mark_finished()
             self._finished()
+
+    def _check_paths(self) -> None:
+        """Refuse a command whose files overlap: it would destroy the input or the output."""
+        output = self.output.resolve()
+        files = {
+            "input": self.input.resolve(),
+            "output": output,
+            "unfinished output": output.with_name(output.name + ".partial"),
+            "output parts": output.with_name(output.name + ".parts"),
+        }
+        if self.state_path is not None:
+            state = self.state_path.resolve()
+            for suffix in ("", "-wal", "-shm"):
+                files[f"state{suffix}"] = state.with_name(state.name + suffix)
+        seen: dict[Path, str] = {}
+        for role, path in files.items():
+            if path in seen:
+                raise OutputFileError(
+                    self.output, f"the {role} and the {seen[path]} are the same file: {path}"
+                )
+            seen[path] = role
+
+    def _validate(self, reader: Reader) -> Iterator[int]:
+        """Read every record once: bad lines, over-long texts and (for Parquet) ids.
+
+        Sets the total; yields the count every few thousand records.
+        """
+        check = self._check_text
+        parquet = self.output.suffix.lower() == ".parquet" and self.id_field is not None
+        id_kind: type | None = None
+        total = 0
+        for total, (record_id, text) in enumerate(reader.records(), start=1):
+            try:
+                check(text)
+            except InvalidInputError as exc:
+                raise InputFileError(self.input, f"record {total}: {exc}") from None
+            if parquet:
+                id_kind = _check_parquet_id(self.input, total, record_id, id_kind)
+            if not total % 1024:
+                yield total
+        self._total = total
 
     async def run(self, embedder: Embedder, *, window: int | None = None) -> BulkResult:
         """Embed the texts not done yet, write them in order, and complete the output.
@@ -349,3 +425,19 @@ def _record_number(exc: InvalidInputError, first: int) -> str:
     if exc.index is None:
         return str(exc)
     return f"record {first + exc.index + 1}: {exc}"
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _check_parquet_id(path: Path, record: int, value: object, kind: type | None) -> type:
+    """A Parquet id column holds one type: int64 or str. Checked before paying."""
+    this = type(value)
+    if this not in (int, str) or (this is int and value not in _INT64):
+        raise InputFileError(path, f"record {record}: id {value!r} cannot be a Parquet int64/str")
+    if kind is not None and this is not kind:
+        raise InputFileError(
+            path,
+            f"record {record}: ids mix {kind.__name__} and {this.__name__} (Parquet needs one)",
+        )
+    return this

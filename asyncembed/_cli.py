@@ -21,11 +21,13 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -229,8 +231,19 @@ async def _client(args: argparse.Namespace, **options: Any) -> AsyncIterator[Emb
         yield await stack.enter_async_context(embedder)
 
 
+def _same_file(path: str, *others: str | None) -> bool:
+    resolved = Path(path).resolve()
+    return any(Path(other).resolve() == resolved for other in others if other)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _api_key(args: argparse.Namespace) -> str:
     name = args.api_key_env
+    if not _ENV_NAME.fullmatch(name):
+        # Never echo it: people pass the key itself here by mistake.
+        raise _UsageError("--api-key-env takes the name of an environment variable, not a key")
     key = os.environ.get(name, "")
     if key:
         return key
@@ -264,10 +277,19 @@ async def _embed(args: argparse.Namespace, run: _Run) -> None:
         id_field=args.id_field,
         state=args.resume,
         checkpoint_every=args.checkpoint_every,
+        batching=(batching := Batching(max_size=args.batch_size)),
     )
+    if args.cache and args.local:
+        raise _UsageError(
+            "--cache with --local would store the local server's stand-in vectors under "
+            f"the name {args.model!r}; use a separate cache, or none, for --local runs"
+        )
+    if args.cache and _same_file(args.cache, args.input, args.output, args.resume):
+        raise _UsageError("--cache must be a file of its own, not the input, output or state")
+    await job.aopen()  # validation a Ctrl-C can stop
     with job:
         options: dict[str, Any] = {
-            "batching": Batching(max_size=args.batch_size),
+            "batching": batching,
             "limits": Limits(
                 max_concurrency=args.concurrency,
                 requests_per_minute=args.rpm,
@@ -329,19 +351,22 @@ async def _print_nearest(
     """Embed the query and print the ``k`` rows of the output nearest to it (cosine)."""
     query = np.asarray(await embedder.embed(args.query), dtype=np.float64)
     matrix = np.load(job.output, mmap_mode="r")
-    scores = np.empty(len(matrix))
-    step = 65_536  # bounded memory whatever the output's size
+    top: list[tuple[float, int]] = []  # the k best so far: memory bounded by k, not rows
+    step = 65_536
     for start in range(0, len(matrix), step):
         block = np.asarray(matrix[start : start + step], dtype=np.float64)
         norms = np.linalg.norm(block, axis=1) * (np.linalg.norm(query) or 1.0)
-        scores[start : start + step] = block @ query / np.where(norms == 0, 1.0, norms)
-    best = [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+        scores = block @ query / np.where(norms == 0, 1.0, norms)
+        top.extend((float(scores[i]), start + int(i)) for i in np.argsort(-scores)[:k])
+        top = sorted(top, key=lambda pair: (-pair[0], pair[1]))[:k]
+    best = [row for _, row in top]
+    score_of = {row: score for score, row in top}
     texts = _texts_at(job, set(best))
     lines = [f"nearest to {args.query!r} (cosine):"]
     for row in best:
         text = texts[row]
         shown = text if len(text) <= 90 else text[:87] + "..."
-        lines.append(f"  {scores[row]:+.4f}  #{row + 1}  {shown}")
+        lines.append(f"  {score_of[row]:+.4f}  #{row + 1}  {shown}")
     if args.local:
         lines.append("  (--local vectors are deterministic hashes, not meanings)")
     sys.stdout.write("\n".join(lines) + "\n")

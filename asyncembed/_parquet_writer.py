@@ -158,7 +158,12 @@ class ParquetWriter(Writer):
         with open(self.partial, "rb") as f:
             os.fsync(f.fileno())
         os.replace(self.partial, self.path)
-        shutil.rmtree(self.parts)
+        # Renamed first (atomic), deleted after: a crash while deleting leaves no
+        # half-deleted parts folder that would make the finished job look unfinished.
+        trash = self.parts.with_name(self.parts.name + ".trash")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(self.parts, trash)
+        shutil.rmtree(trash)
 
     def _regroup(self, group: int) -> Iterator[Any]:
         """Yield the committed rows as tables of exactly ``group`` rows (the last: fewer)."""

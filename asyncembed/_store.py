@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 import numpy as np
@@ -194,7 +194,12 @@ class JobState:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._conn = _connect(self.path, StoreError, _JOB_SCHEMA)
+        self._owner = _exclusive(self.path)  # one run per job at a time
+        try:
+            self._conn = _connect(self.path, StoreError, _JOB_SCHEMA)
+        except BaseException:
+            self._owner.close()
+            raise
         self._identity: JobIdentity | None = None
 
     def __repr__(self) -> str:
@@ -284,9 +289,10 @@ class JobState:
             self._conn.execute("UPDATE job SET finished = 1, updated_at = ?", (time.time(),))
 
     def close(self) -> None:
-        """Close the database connection; idempotent."""
+        """Close the database connection and let another run take the job; idempotent."""
         with self._lock:
             self._conn.close()
+            self._owner.close()
 
     def _started_checkpoint(self) -> Checkpoint:
         if self._identity is None:
@@ -402,3 +408,30 @@ class Cache:
         """Close the database connection; idempotent."""
         with self._lock:
             self._conn.close()
+
+
+def _exclusive(path: Path) -> IO[bytes]:
+    """Hold an exclusive lock on ``<path>.lock`` until the returned file is closed.
+
+    Two runs of one job would pay for every text twice and overwrite each other's
+    output. The lock dies with the process, so a crash never leaves the job locked.
+
+    Raises:
+        StoreError: another run holds the job, or the lock file cannot be made.
+    """
+    if not path.parent.is_dir():
+        raise StoreError(f"{path}: folder {str(path.parent)!r} does not exist")
+    try:
+        lock = open(path.with_name(path.name + ".lock"), "ab")  # held open: the lock
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create its lock file: {exc.strerror}") from None
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no advisory locks, carry on unlocked
+        return lock
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise StoreError(f"{path} is in use by another run of this job") from None
+    return lock

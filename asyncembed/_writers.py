@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from ._io import Checkpoint, OutputFileError, RecordId, fsync_dir, import_pyarrow
 
-__all__ = ["JsonlWriter", "NpyWriter", "Writer", "open_writer"]
+__all__ = ["JsonlWriter", "NpyWriter", "Writer", "check_output", "open_writer"]
 
 
 class Writer(abc.ABC):
@@ -361,6 +361,21 @@ def open_writer(
         MissingExtraError: ``.parquet`` without pyarrow installed.
         ValueError: ``rows`` or ``dim`` out of range.
     """
+    p = Path(path)
+    cls = check_output(p)
+    if rows < 0 or (dim is not None and dim < 1):
+        raise ValueError(f"rows must be >= 0 and dim >= 1, got rows={rows}, dim={dim}")
+    return cls(p, rows=rows, dim=dim, resume=resume)
+
+
+def check_output(path: str | os.PathLike[str]) -> type[Writer]:
+    """Check that ``path`` can be written as an output, before any work; its writer class.
+
+    Raises:
+        OutputFileError: Unknown suffix, a missing or unwritable folder, a path that is a
+            folder, or a temporary name the file system refuses (too long...).
+        MissingExtraError: ``.parquet`` without pyarrow installed.
+    """
     from ._parquet_writer import ParquetWriter  # here: that module imports this one
 
     p = Path(path)
@@ -374,8 +389,6 @@ def open_writer(
     if cls is None:
         known = ", ".join(writers)
         raise OutputFileError(p, f"unknown output format {p.suffix or '(no suffix)'!r} ({known})")
-    if rows < 0 or (dim is not None and dim < 1):
-        raise ValueError(f"rows must be >= 0 and dim >= 1, got rows={rows}, dim={dim}")
     parent = p.parent
     if not parent.is_dir():
         raise OutputFileError(p, f"output folder {str(parent)!r} does not exist")
@@ -385,4 +398,11 @@ def open_writer(
         raise OutputFileError(p, f"output folder {str(parent)!r} is not writable")
     if cls is ParquetWriter:
         import_pyarrow()
-    return cls(p, rows=rows, dim=dim, resume=resume)
+    probe = p.with_name(p.name + ".partial")
+    try:  # the file system's own limits (name length...), checked now
+        if not probe.exists():
+            probe.touch(exist_ok=False)
+            probe.unlink()
+    except OSError as exc:
+        raise OutputFileError(p, f"cannot create {probe.name}: {exc.strerror}") from None
+    return cls
