@@ -84,33 +84,36 @@ make bench                               # installs .[dev,bench], runs python -m
 
 ## Reading the last run
 
-Written by hand after the run of 2026-11-24; the tables below are generated.
+Written by hand after the runs of 2026-11-24 (two full runs and several `bulk` runs);
+the tables below are generated from the last one. Figures move 10-30 % between runs on
+this shared 2-core machine: read ratios, not absolutes.
 
-- **Coalescing beats one-request-per-text by two orders of magnitude** (129x the openai
-  client's texts/s, which spends ~3 ms of CPU per text in the client), but asyncembed's
-  `embed()` costs **25 µs of client CPU per text against a 12 µs target**. Of that, ~11 µs
-  is the raw ceiling's own work (HTTP + decode) and ~9 µs is the price of 10,000
-  concurrent `await`s on this machine (the asyncio floor row); ~5-6 µs is asyncembed's
-  own. The 12 µs target is below ceiling + floor here, so it cannot be met on this
-  machine as measured; the own ~5 µs is what can be cut.
-- **Bulk meets the throughput target** (`embed_many` 0.97x, `stream` 1.09x the
-  ceiling's texts/s; the two share 2 cores with the server, so ±10 % is noise), but not the
-  CPU one: 15.4 and 13.6 µs/text against 11 µs (ceiling 11.7 µs in this run).
-- **`embed_many` peaks at 1.27 GB for 100,000 x 1536 floats** (the result is 0.6 GB): the
-  per-batch matrices and the concatenated result are alive together. `stream` stays at
-  the ceiling's footprint.
-- **Decoding runs on the event loop.** A 2,048 x 3,072 base64 response blocks the loop for
-  ~59 ms, a float one for ~600 ms (about the whole decode): a web app sharing the loop
-  would stall that long. Decoding off the loop (a worker thread above some body size)
-  would bound it.
-- **Decode speed**: asyncembed's msgspec path is 3.3-4x faster than stdlib json + numpy on
-  base64 and 4-4.5x on float, ahead of orjson and pydantic except float-384 (orjson about
-  equal), and 15-30x faster than the openai client's own parsing.
-- **Latency**: a lone `embed()` adds ~6 ms at p50 (the 5 ms `max_wait` plus a timer tick);
-  under 1,000 callers/s it adds ~5 ms at p50 and ~8 ms at p99, while sending 6x fewer
-  requests.
-- **Memory**: 1,000,000 texts to `.npy` peak at ~94 MB (CLI and library), a third of the
-  300 MB target and ~41 MB above an idle interpreter.
+- **Coalescing beats one-request-per-text by two orders of magnitude** (112-129x the
+  openai client's texts/s; that client spends ~3.7 ms of CPU per text), but asyncembed's
+  `embed()` costs **25-31 µs of client CPU per text against a 12 µs target**. The raw
+  ceiling (HTTP + decode of pre-formed batches) costs 11-14 µs and 10,000 concurrent
+  `await`s cost 8-12 µs on their own (the asyncio floor row), so ceiling + floor already
+  exceed 12 µs here: the target cannot be met as measured. asyncembed's own share is the
+  remaining ~4-6 µs (the per-caller future, dedup map, token estimate, and a copy of each
+  vector so that no caller's vector pins a whole batch).
+- **Bulk meets the throughput target in most runs** (`embed_many` 0.92-1.05x and `stream`
+  0.85-1.14x the ceiling's texts/s across runs; client and server share the 2 cores), and
+  is 1.1-1.3x the ceiling's client CPU per text (15-17 µs against an 11 µs target that
+  the ceiling itself, at 11-14 µs, misses in most runs).
+- **`embed_many` memory** is now at the ceiling's footprint (684 MB for 100,000 x 1536
+  floats, of which the result is 614 MB): batches are copied into one preallocated
+  matrix as they land. An earlier version concatenated at the end and peaked at 1.27 GB.
+- **Decoding runs on the event loop.** A 2,048 x 3,072 response (one request, far above
+  the default `max_size=256`) blocks the loop ~60 ms in base64 and ~600 ms in float. At
+  the default batch size the stall is ~2 ms (base64) or ~25 ms (float): the web-app guide
+  says how to bound it with `max_size`.
+- **Decode speed**: asyncembed's msgspec path is 2-5x faster than stdlib json + numpy,
+  ahead of orjson and pydantic, and 10-40x faster than the openai client's own parsing.
+- **Latency**: a lone `embed()` adds ~6-7 ms at p50 (the 5 ms `max_wait` plus a timer
+  tick); under 1,000 callers/s it adds ~5 ms at p50 and ~8 ms at p99 while sending 6x
+  fewer requests.
+- **Memory**: 1,000,000 texts to `.npy` peak at 82-94 MB (CLI and library), under a third
+  of the 300 MB target and ~30-40 MB above an idle interpreter.
 
 ## Results
 """
