@@ -241,6 +241,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         """A snapshot of counters and live gauges (:class:`Stats`)."""
         return self._counters.snapshot(
             queued=self._batcher.queued,
+            waiting=self._scheduler.waiting,
             in_flight=self._scheduler.in_flight,
             concurrency=self._scheduler.concurrency,
             max_concurrency=self._scheduler.max_concurrency,

@@ -25,7 +25,8 @@ class Stats:
         cache_hits: Inputs answered from the cache.
         cache_misses: Inputs looked up in the cache and not found.
         max_batch_size: The largest number of inputs sent in one request.
-        queued: Inputs waiting to be sent now.
+        queued: Texts in the batch being filled now (not yet handed to the scheduler).
+        waiting: Requests waiting for a slot now (concurrency, RPM/TPM, a 429 pause).
         in_flight: Requests in flight now.
         concurrency: The current (adaptive) concurrency limit.
         max_concurrency: The configured concurrency limit.
@@ -46,6 +47,7 @@ class Stats:
     cache_misses: int = 0
     max_batch_size: int = 0
     queued: int = 0
+    waiting: int = 0
     in_flight: int = 0
     concurrency: int = 0
     max_concurrency: int = 0

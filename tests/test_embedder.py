@@ -13,7 +13,7 @@ import pytest
 
 import asyncembed
 from asyncembed import Batching, Embedder, Limits
-from asyncembed.testing import FakeClock, LocalServer, expected_vector
+from asyncembed.testing import FakeClock, LocalServer, expected_vector, wait_until
 
 DIMS = 16
 MODEL = "test/embed-small"
@@ -354,3 +354,17 @@ async def test_token_estimate_calibrates_from_usage() -> None:
         for i in range(20):
             await embedder.embed_many([f"{'word ' * 40}{i}-{j}" for j in range(10)])
         assert 3.0 < embedder._estimator.chars_per_token <= 4.5
+
+
+async def test_stats_show_requests_waiting_for_a_slot() -> None:
+    limits = Limits(max_concurrency=1)
+    async with setup(server_kw={"latency": 0.05}, limits=limits, batching=Batching(max_size=1)) as (
+        server,
+        embedder,
+    ):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(embedder.embed_many, ["a", "b", "c"])
+            await wait_until(lambda: server.stats.in_flight == 1)
+            stats = embedder.stats
+            assert (stats.in_flight, stats.waiting) == (1, 2)
+        assert embedder.stats.waiting == 0
