@@ -102,6 +102,8 @@ class BulkJob:
             reported before any text is paid for. ``False`` only counts the records
             and lets the run stop at the first bad one.
         checkpoint_every: Seconds between checkpoints (each one fsyncs the output).
+        endpoint: Where the vectors come from (an API root, or ``"local"``): part of
+            the identity, so a resume against another endpoint is refused.
         batching: The Embedder's batching rules: when validating, over-long texts are
             reported before any text is paid for (``None``: the defaults).
         clock: Monotonic time source, in seconds.
@@ -119,6 +121,7 @@ class BulkJob:
         state: str | os.PathLike[str] | None = None,
         validate: bool = True,
         checkpoint_every: float = 2.0,
+        endpoint: str | None = None,
         batching: Batching | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -133,6 +136,7 @@ class BulkJob:
         self.state_path = None if state is None else Path(state)
         self.validate = validate
         self.checkpoint_every = checkpoint_every
+        self.endpoint = endpoint
         self._check_text = TokenEstimator(batching or Batching()).check_text
         self._clock = clock
         self._reader: Reader | None = None
@@ -253,6 +257,7 @@ class BulkJob:
                 rows=total,
                 field=self.field,
                 id_field=self.id_field,
+                endpoint=self.endpoint,
             )
             checkpoint = state.begin(identity)
             self._done = self._saved = self._resumed_from = checkpoint.rows

@@ -97,6 +97,8 @@ class JobIdentity:
         rows: The number of records in the input.
         field: The text field/column, or ``None`` (a .txt file or the default).
         id_field: The id field/column, or ``None``.
+        endpoint: Where the vectors come from (an API root, ``"local"``), or ``None``:
+            vectors of one model from two endpoints must not mix in one output.
     """
 
     input_path: str
@@ -108,6 +110,7 @@ class JobIdentity:
     rows: int
     field: str | None = None
     id_field: str | None = None
+    endpoint: str | None = None
 
     @classmethod
     def of(
@@ -120,6 +123,7 @@ class JobIdentity:
         rows: int,
         field: str | None = None,
         id_field: str | None = None,
+        endpoint: str | None = None,
     ) -> JobIdentity:
         """Describe a job, reading the input file's size and fingerprint.
 
@@ -138,6 +142,7 @@ class JobIdentity:
             rows=rows,
             field=field,
             id_field=id_field,
+            endpoint=endpoint,
         )
 
 

@@ -213,3 +213,18 @@ def test_parquet_crash_while_removing_parts_still_resumes(
     assert main(argv) == 0, capsys.readouterr().err
     assert pq.read_table(tmp_path / "o.parquet").num_rows == 100
     assert np.asarray(pq.read_table(tmp_path / "o.parquet")["vector"][0].as_py()).shape == (4,)
+
+
+@pytest.mark.anyio
+async def test_a_resume_against_another_endpoint_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"text {i}\n" for i in range(20)))
+    argv = ["embed", str(src), "-o", str(tmp_path / "o.npy"), "--model", MODEL, "--quiet"]
+    argv += ["--resume", str(tmp_path / "s.db"), "--dimensions", "4"]
+    assert await run([*argv, "--local"]) == 0
+    async with LocalServer(dimensions=4) as server:
+        assert await run([*argv, "--base-url", server.base_url]) == 2
+        assert server.inputs_count == 0
+    assert "endpoint 'local'" in one_error_line(capsys.readouterr().err)
