@@ -41,11 +41,14 @@ class ParquetWriter(Writer):
 
     Attributes:
         part_rows: Rows buffered in memory before a part file is written.
+        part_bytes: Vector bytes buffered before a part file is written, whichever of
+            the two comes first (keeps memory bounded at high dimensions).
         row_group_bytes: The target size of the final file's row groups; their row count
             is ``row_group_bytes // (4 * dim + 8)`` (at least 1, at most 2**20).
     """
 
     part_rows = 65_536
+    part_bytes = 32 << 20
     row_group_bytes = 64 << 20
 
     def __init__(
@@ -141,7 +144,8 @@ class ParquetWriter(Writer):
     def _write(self, start: int, block: npt.NDArray[np.float32], ids: Sequence[RecordId]) -> None:
         self._buffer.append((block.copy(), list(ids)))
         self._buffered += len(block)
-        if self._buffered >= self.part_rows:
+        row_bytes = 4 * block.shape[1]
+        if self._buffered >= self.part_rows or self._buffered * row_bytes >= self.part_bytes:
             self._write_part(start + len(block))
 
     def _flush(self) -> int:

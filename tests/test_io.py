@@ -483,3 +483,16 @@ def test_empty_output_with_known_dim(tmp_path: Path, fmt: str) -> None:
     assert writer.finished
     ids, vectors = load(path)
     assert ids == [] and vectors.size == 0
+
+
+def test_parquet_parts_are_bounded_in_bytes_at_high_dimensions(tmp_path: Path) -> None:
+    from asyncembed._parquet_writer import ParquetWriter
+
+    writer = open_writer(tmp_path / "o.parquet", rows=64, dim=None)
+    assert isinstance(writer, ParquetWriter)
+    writer.part_bytes = 4 * 3072 * 8  # eight 3072-d rows per part
+    for start in range(0, 64, 4):
+        writer.write(start, np.ones((4, 3072), np.float32), list(range(start, start + 4)))
+        assert writer._buffered < 8  # a part is written as soon as 8 rows are buffered
+    writer.finish()
+    assert pq.read_table(tmp_path / "o.parquet").num_rows == 64
