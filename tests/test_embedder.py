@@ -208,7 +208,7 @@ async def test_live_calls_go_ahead_of_bulk_backfill() -> None:
     ):
         async with anyio.create_task_group() as tg:
             tg.start_soon(embedder.embed_many, [f"bulk {i}" for i in range(20)])
-            await anyio.sleep(0.001)
+            await wait_until(lambda: server.requests_count >= 1)  # the backfill has begun
             await embedder.embed("live one")
             live_at = next(i for i, r in enumerate(server.requests) if r.inputs == ["live one"])
         assert server.requests_count == 11
