@@ -97,6 +97,8 @@ class Batcher:
         self._max_size = batching.max_size
         self._max_tokens = batching.max_tokens
         self._max_wait = batching.max_wait
+        self._eager = batching.flush_when_idle
+        self._sent = 0  # batches handed to deliver and not finished
         self._estimator = estimator
         self._clock = clock
         self._spawn = spawn
@@ -141,7 +143,10 @@ class Batcher:
             self.flush()
         elif size == 1:
             batch.timer = anyio.CancelScope()
-            self._spawn(lambda: self._flush_later(batch))
+            if self._eager and not self._sent:
+                self._spawn(lambda: self._flush_soon(batch))
+            else:
+                self._spawn(lambda: self._flush_later(batch))
         return future
 
     def flush(self) -> None:
@@ -151,6 +156,7 @@ class Batcher:
             self._batch = _Batch()
             if batch.timer is not None:
                 batch.timer.cancel()
+            self._sent += 1
             self._spawn(lambda: self._send(batch))
 
     def abandoned(self, text: str) -> None:
@@ -185,6 +191,15 @@ class Batcher:
             if waiting.get(text) is entry:
                 del waiting[text]
 
+    async def _flush_soon(self, batch: _Batch) -> None:
+        # Idle: send once the callers already scheduled in this tick have joined (this
+        # task runs after them), so a burst started together still shares requests.
+        assert batch.timer is not None
+        with batch.timer:
+            await anyio.lowlevel.checkpoint()
+            if self._batch is batch:
+                self.flush()
+
     async def _flush_later(self, batch: _Batch) -> None:
         assert batch.timer is not None
         with batch.timer:
@@ -193,6 +208,12 @@ class Batcher:
                 self.flush()
 
     async def _send(self, batch: _Batch) -> None:
+        try:
+            await self._send_batch(batch)
+        finally:
+            self._sent -= 1
+
+    async def _send_batch(self, batch: _Batch) -> None:
         texts: list[str] = []
         entries: list[_Entry] = []
         waiting = self._waiting

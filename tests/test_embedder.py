@@ -368,3 +368,28 @@ async def test_stats_show_requests_waiting_for_a_slot() -> None:
             stats = embedder.stats
             assert (stats.in_flight, stats.waiting) == (1, 2)
         assert embedder.stats.waiting == 0
+
+
+async def test_flush_when_idle_skips_the_window_for_a_lone_call() -> None:
+    clock = FakeClock()
+    batching = Batching(max_wait=60.0, flush_when_idle=True, max_size=100)
+    async with setup(batching=batching, clock=clock) as (server, embedder):
+        vector = await embedder.embed("alone")  # would wait 60 s (virtual) without it
+        np.testing.assert_array_equal(vector, want("alone"))
+        assert clock.sleeps == []
+        # A burst started in one tick still shares requests.
+        async with anyio.create_task_group() as tg:
+            for i in range(250):
+                tg.start_soon(embedder.embed, f"burst {i}")
+        assert [r.n_inputs for r in server.requests] == [1, 100, 100, 50]
+
+
+async def test_flush_when_idle_still_batches_while_a_request_is_in_flight() -> None:
+    batching = Batching(max_wait=0.01, flush_when_idle=True)
+    async with setup(server_kw={"latency": 0.05}, batching=batching) as (server, embedder):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(embedder.embed, "first")  # idle: sent at once, stays in flight
+            await wait_until(lambda: server.stats.in_flight == 1)
+            for i in range(20):
+                tg.start_soon(embedder.embed, f"later {i}")
+        assert [r.n_inputs for r in server.requests] == [1, 20]
