@@ -26,10 +26,11 @@ class Batching:
 
     A batch is sent when it holds ``max_size`` inputs, or when adding the next input
     would pass ``max_tokens`` estimated tokens, or ``max_wait`` seconds after its first
-    input arrived, whichever comes first. With ``flush_when_idle``, a batch started
-    while no other batch is in flight is sent at the end of the current event-loop
-    tick instead: a lone call pays no window, calls made in the same tick still share a
-    request, and under load (something always in flight) batching is unchanged.
+    input arrived, whichever comes first. With ``flush_when_idle`` (the default), a
+    batch started while no other batch is in flight is sent at the end of the current
+    event-loop tick instead: a lone call pays no window, calls made in the same tick
+    still share a request, and under load (something always in flight) batching is
+    unchanged.
 
     Usage:
 
@@ -37,8 +38,8 @@ class Batching:
     |---|---|---|
     | ``max_size`` | 256 | inputs per request (OpenAI allows 2048; Gemini 100, Vertex 250) |
     | ``max_tokens`` | 250_000 | estimated tokens per request (OpenAI caps at 300k) |
-    | ``max_wait`` | 0.005 | seconds a lone call waits for company |
-    | ``flush_when_idle`` | False | no window when nothing is in flight (see above) |
+    | ``max_wait`` | 0.005 | seconds a batch waits for company while another is in flight |
+    | ``flush_when_idle`` | True | no window when nothing is in flight (see above) |
     | ``max_input_tokens`` | 8192 | estimated tokens per input; ``None``: no check |
     | ``truncate`` | False | cut over-long inputs instead of raising InputTooLongError |
     | ``chars_per_token`` | 4.0 | the token estimate's starting ratio; calibrated from ``usage`` |
@@ -50,7 +51,7 @@ class Batching:
     max_size: int = 256
     max_tokens: int = 250_000
     max_wait: float = 0.005
-    flush_when_idle: bool = False
+    flush_when_idle: bool = True
     max_input_tokens: int | None = 8192
     truncate: bool = False
     chars_per_token: float = 4.0

@@ -57,7 +57,8 @@ async def test_thousand_concurrent_calls_make_ten_requests_with_the_right_vector
 
 async def test_lone_call_is_flushed_by_the_batch_window() -> None:
     clock = FakeClock()
-    async with setup(batching=Batching(max_wait=0.25), clock=clock) as (server, embedder):
+    batching = Batching(max_wait=0.25, flush_when_idle=False)
+    async with setup(batching=batching, clock=clock) as (server, embedder):
         vector = await embedder.embed("alone")
         np.testing.assert_array_equal(vector, want("alone"))
         assert clock.sleeps == [0.25]  # the window, and nothing else

@@ -187,7 +187,7 @@ async def test_retry_after_longer_than_the_budget_fails_fast() -> None:
         with pytest.raises(asyncembed.RateLimitError) as info:
             await embedder.embed("x")
         assert info.value.retry_after == 120
-        assert server.requests_count == 1 and clock.sleeps == [Batching().max_wait]
+        assert server.requests_count == 1 and clock.sleeps == []  # no retry sleep at all
 
 
 async def test_no_retry_sleep_ends_past_the_callers_timeout() -> None:
@@ -209,7 +209,7 @@ async def test_backoff_uses_full_jitter_within_the_cap() -> None:
     retry = Retry(attempts=6, initial_delay=1.0, max_delay=4.0)
     async with setup(server_kw={"script": ["502"] * 5}, retry=retry) as (_, embedder, clock):
         await embedder.embed("x")
-        waits = clock.sleeps[1:]  # the first sleep is the batch window
+        waits = clock.sleeps  # a lone call is sent at once: only retry sleeps
         caps = [1.0, 2.0, 4.0, 4.0, 4.0]
         assert len(waits) == 5 and all(0 <= w <= c for w, c in zip(waits, caps, strict=True))
 
