@@ -22,7 +22,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy asyncembed tests benchmarks
 
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest --cov --cov-report=term
 
 test: lint typecheck pytest
 
