@@ -394,3 +394,14 @@ async def test_flush_when_idle_still_batches_while_a_request_is_in_flight() -> N
             for i in range(20):
                 tg.start_soon(embedder.embed, f"later {i}")
         assert [r.n_inputs for r in server.requests] == [1, 20]
+
+
+async def test_embed_many_splits_by_max_tokens_too() -> None:
+    batching = Batching(max_size=100, max_tokens=100, chars_per_token=4.0)
+    async with setup(batching=batching) as (server, embedder):
+        texts = ["x" * 160 + str(i) for i in range(5)]  # ~41 estimated tokens each
+        texts.insert(2, "short")
+        matrix = await embedder.embed_many(texts)
+        np.testing.assert_array_equal(matrix[2], want("short"))
+        # Estimates 41, 41, 2, 41, 41, 41 tokens: greedy runs of at most 100.
+        assert sorted(r.n_inputs for r in server.requests) == [1, 2, 3]
