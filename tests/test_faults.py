@@ -399,3 +399,16 @@ async def test_a_final_429_still_lowers_concurrency() -> None:
         with pytest.raises(asyncembed.RateLimitError):
             await embedder.embed("x")
         assert embedder.stats.concurrency == 4
+
+
+async def test_a_429_without_retry_after_pauses_everyone_for_the_backoff() -> None:
+    retry = Retry(attempts=3, initial_delay=2.0, max_delay=2.0)
+    kw: dict[str, Any] = {"server_kw": {"script": [Fault.rate_limit(retry_after=None)]}}
+    async with setup(retry=retry, **kw) as (server, embedder, clock):
+        await embedder.embed("x")
+        limited = next(r for r in server.requests if r.status == 429)
+        backoff = clock.sleeps[-1]
+        assert 0.0 <= backoff <= 2.0
+        # The pause covers the same backoff for every other request, not just this one.
+        assert embedder._scheduler.paused_until == pytest.approx(limited.arrived + backoff)
+        assert embedder.stats.rate_limited == 1 and embedder.stats.retries == 1
