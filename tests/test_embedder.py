@@ -405,3 +405,18 @@ async def test_embed_many_splits_by_max_tokens_too() -> None:
         np.testing.assert_array_equal(matrix[2], want("short"))
         # Estimates 41, 41, 2, 41, 41, 41 tokens: greedy runs of at most 100.
         assert sorted(r.n_inputs for r in server.requests) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"model": ""}, "model must be a non-empty string"),
+        ({"model": "m", "encoding_format": "hex"}, "encoding_format must be 'base64' or 'float'"),
+        ({"model": "m", "dimensions": 0}, "dimensions must be a positive int"),
+        ({"model": "m", "base_url": "ftp://x.invalid"}, "http"),
+    ],
+)
+def test_constructor_arguments_are_checked(kwargs: dict[str, Any], message: str) -> None:
+    model = kwargs.pop("model")
+    with pytest.raises(ValueError, match=message):
+        Embedder(model, **kwargs)
