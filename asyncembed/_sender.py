@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._clock import Clock
-from ._codec import Base64Unsupported, Embeddings, decode_response, encode_request
+from ._codec import Base64Unsupported, Embeddings, decode_response_async, encode_request
 from ._config import Limits, Retry
 from ._exceptions import BudgetExceededError, RateLimitError
 from ._inputs import TokenEstimator
@@ -149,7 +149,7 @@ class Sender:
             counters.requests += 1
             try:
                 raw = await self._transport.post(body)
-                result = decode_response(
+                result = await decode_response_async(
                     raw.status,
                     raw.headers,
                     raw.content,

@@ -5,16 +5,26 @@ import email.utils
 import json
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 
 import asyncembed
+from asyncembed import _codec
 from asyncembed._codec import Base64Unsupported, decode_response
 from asyncembed._exceptions import error_for_status, parse_retry_after
 from asyncembed._transport import RawResponse
 from asyncembed._types import EncodingFormat
 
 VECTORS = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+
+
+@pytest.fixture(autouse=True, params=["in-one-go", "stepwise"])
+def decode_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: as small bodies are decoded, and as large ones are."""
+    if request.param == "stepwise":
+        monkeypatch.setattr(_codec, "LARGE_BODY", 0)
+    return str(request.param)
 
 
 def b64(row: np.ndarray) -> str:
@@ -272,3 +282,35 @@ def test_rate_limit_reset_inside_error_metadata_is_used() -> None:
 def test_raw_response_is_plain_data() -> None:
     raw = RawResponse(200, {"a": "b"}, b"{}")
     assert raw.status == 200 and raw.content == b"{}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+async def test_large_bodies_are_decoded_in_steps_that_yield_to_the_loop(
+    monkeypatch: pytest.MonkeyPatch, encoding: EncodingFormat
+) -> None:
+    monkeypatch.setattr(_codec, "LARGE_BODY", 0)
+    monkeypatch.setattr(_codec, "_CHUNK_BYTES", 200)  # a few rows per step
+    rows = np.random.default_rng(0).random((50, 16), dtype=np.float32)
+    items = [
+        {"embedding": b64(r) if encoding == "base64" else r.tolist(), "index": i}
+        for i, r in reversed(list(enumerate(rows)))  # placed by index, not position
+    ]
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.lowlevel.checkpoint()
+        before = ticks
+        result = await _codec.decode_response_async(
+            200, {}, body(items), expected=50, encoding=encoding
+        )
+        tg.cancel_scope.cancel()
+    np.testing.assert_array_equal(result.vectors, rows)
+    assert ticks - before >= 5  # the loop ran between the steps
