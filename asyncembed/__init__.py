@@ -39,6 +39,7 @@ from ._models import ProviderSort as ProviderSort
 from ._models import Usage as Usage
 from ._stats import Stats as Stats
 from ._store import Cache as Cache
+from ._store import StoreError as StoreError
 from ._transport import RawResponse as RawResponse
 from ._transport import Transport as Transport
 from ._version import __version__ as __version__
@@ -81,6 +82,7 @@ __all__ = [
     "Retry",
     "ServiceUnavailableError",
     "Stats",
+    "StoreError",
     "Timeouts",
     "Transport",
     "UnprocessableEntityError",

@@ -24,6 +24,7 @@ Every exception the package raises derives from :class:`AsyncEmbedError`::
     ├── InvalidInputError               bad input at the call site (also a ValueError)
     │   └── InputTooLongError
     ├── BudgetExceededError             the Embedder's max_cost was reached
+    ├── StoreError                      a cache or job-state file is unusable (also a ValueError)
     └── EmbedderClosedError             the Embedder is closed (also a RuntimeError)
 
 Wrong *types* at the call site raise the builtin :class:`TypeError`. No message
