@@ -123,12 +123,9 @@ def decode_response(
             inputs exactly once, or has vectors of mixed length, wrong length or NaN/Inf.
     """
     steps = _decode(status, headers, content, expected, encoding, dimensions)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: Embeddings = done.value
-            return result
+    while (result := _step(steps)) is None:
+        pass
+    return result
 
 
 async def decode_response_async(
@@ -146,18 +143,20 @@ async def decode_response_async(
     Raises:
         The errors of :func:`decode_response`.
     """
-    if not _stepwise(content, encoding):
-        return decode_response(
-            status, headers, content, expected=expected, encoding=encoding, dimensions=dimensions
-        )
     steps = _decode(status, headers, content, expected, encoding, dimensions)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: Embeddings = done.value
-            return result
+    while (result := _step(steps)) is None:  # a small body is done in the first step
         await anyio.lowlevel.checkpoint()
+    return result
+
+
+def _step(steps: Generator[None, None, Embeddings]) -> Embeddings | None:
+    """Run the decode to its next pause; its result once it is done."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        result: Embeddings = done.value
+        return result
+    return None
 
 
 def _decode(
@@ -182,13 +181,7 @@ def _decode(
         raise _detail_error(status, body.error, headers, body.id)
     if isinstance(body, _LazyResponse) and _raw_kinds(body) <= {b'"', b"["}:
         vectors = yield from _lazy_matrix(body, expected, encoding, dimensions)
-        return Embeddings(
-            vectors=vectors,
-            model=body.model,
-            usage=body.usage or _NO_USAGE,
-            id=body.id,
-            provider=body.provider,
-        )
+        return _embeddings(body, vectors)
     if isinstance(body, _LazyResponse):  # odd vectors (objects...): decode in one go
         body = _RESPONSE.decode(content)
     data = body.data
@@ -198,7 +191,10 @@ def _decode(
         raise Base64Unsupported("the model answered a base64 request without base64 vectors")
     if len(data) != expected:
         raise ProtocolError(f"response has {len(data)} embeddings for {expected} inputs")
-    vectors = _matrix(_in_index_order(data, embeddings), kinds, dimensions)
+    return _embeddings(body, _matrix(_in_index_order(data, embeddings), kinds, dimensions))
+
+
+def _embeddings(body: EmbeddingResponse | _LazyResponse, vectors: Matrix) -> Embeddings:
     return Embeddings(
         vectors=vectors,
         model=body.model,
