@@ -199,16 +199,8 @@ class BulkJob:
                 another job.
             MissingExtraError: Parquet without pyarrow.
         """
-        if self._opened:
-            return
-        self._opened = True
-        try:
-            for _ in self._check():
-                pass
-            self._resume()
-        except BaseException:
-            self.close()
-            raise
+        for _ in self._opening():
+            pass
 
     async def aopen(self) -> None:
         """:meth:`open`, yielding to the event loop while a big input is validated.
@@ -218,12 +210,16 @@ class BulkJob:
         Raises:
             The errors of :meth:`open`.
         """
+        for _ in self._opening():
+            await anyio.lowlevel.checkpoint()
+
+    def _opening(self) -> Iterator[int]:
+        """Open once, as steps (it pauses while validating); close again on failure."""
         if self._opened:
             return
         self._opened = True
         try:
-            for _ in self._check():
-                await anyio.lowlevel.checkpoint()
+            yield from self._check()
             self._resume()
         except BaseException:
             self.close()

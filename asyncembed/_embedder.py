@@ -431,9 +431,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         try:
             yield
         finally:
-            self._tasks -= 1
-            if not self._tasks and self._idle is not None and not self._idle.done():
-                self._idle.set_result(None)
+            self._task_done()
 
     def _spawn(self, job: Any) -> None:
         assert self._tg is not None
@@ -444,9 +442,12 @@ class Embedder(anyio.AsyncContextManagerMixin):
         try:
             await job()
         finally:
-            self._tasks -= 1
-            if not self._tasks and self._idle is not None and not self._idle.done():
-                self._idle.set_result(None)
+            self._task_done()
+
+    def _task_done(self) -> None:
+        self._tasks -= 1
+        if not self._tasks and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)  # wake aclose()
 
     async def _deliver(self, texts: list[str], deadline: Deadline) -> Outcome:
         return await self._batches.run(texts, priority=LIVE, deadline=deadline)
