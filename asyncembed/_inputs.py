@@ -37,6 +37,11 @@ class TokenEstimator:
         """Estimated tokens of one text (at least 1)."""
         return int(len(text) / self.chars_per_token) + 1
 
+    def costs(self, texts: Sequence[str]) -> list[int]:
+        """:meth:`estimate` of each text, in one pass."""
+        ratio = self.chars_per_token
+        return [int(len(text) / ratio) + 1 for text in texts]
+
     def total(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> int:
         """Estimated tokens of a request's inputs (token lists count exactly)."""
         if inputs and isinstance(inputs[0], str):
@@ -128,12 +133,10 @@ def chunk(
     """Split inputs into ``(start, end)`` runs under ``max_size`` and ``max_tokens``."""
     max_size, max_tokens = batching.max_size, batching.max_tokens
     n = len(inputs)
-    lengths = list(map(len, inputs))
     if n and isinstance(inputs[0], str):
-        ratio = estimator.chars_per_token
-        costs = [int(length / ratio) + 1 for length in lengths]
+        costs = estimator.costs(inputs)
     else:
-        costs = lengths
+        costs = list(map(len, inputs))
     # Fast path: no block of max_size inputs reaches max_tokens (the common case).
     if all(sum(costs[s : s + max_size]) <= max_tokens for s in range(0, n, max_size)):
         yield from ((s, min(n, s + max_size)) for s in range(0, n, max_size))
