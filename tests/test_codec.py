@@ -13,7 +13,6 @@ import asyncembed
 from asyncembed import _codec
 from asyncembed._codec import Base64Unsupported, decode_response
 from asyncembed._exceptions import error_for_status, parse_retry_after
-from asyncembed._transport import RawResponse
 from asyncembed._types import EncodingFormat
 
 VECTORS = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
@@ -277,11 +276,6 @@ def test_rate_limit_reset_inside_error_metadata_is_used() -> None:
     with pytest.raises(asyncembed.RateLimitError) as info:
         decode(content.encode(), status=429)
     assert info.value.retry_after == pytest.approx(30, abs=2)
-
-
-def test_raw_response_is_plain_data() -> None:
-    raw = RawResponse(200, {"a": "b"}, b"{}")
-    assert raw.status == 200 and raw.content == b"{}"
 
 
 @pytest.mark.anyio
