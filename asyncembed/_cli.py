@@ -35,7 +35,7 @@ import numpy as np
 
 from ._bulk import BulkJob, BulkResult
 from ._config import Batching, Limits
-from ._embedder import DEFAULT_BASE_URL, Embedder
+from ._embedder import Embedder, resolve_base_url
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -231,10 +231,6 @@ async def _client(args: argparse.Namespace, **options: Any) -> AsyncIterator[Emb
         yield await stack.enter_async_context(embedder)
 
 
-def _endpoint(args: argparse.Namespace) -> str:
-    return args.base_url or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
-
-
 def _same_file(path: str, *others: str | None) -> bool:
     resolved = Path(path).resolve()
     return any(Path(other).resolve() == resolved for other in others if other)
@@ -281,7 +277,7 @@ async def _embed(args: argparse.Namespace, run: _Run) -> None:
         id_field=args.id_field,
         state=args.resume,
         checkpoint_every=args.checkpoint_every,
-        endpoint="local" if args.local else _endpoint(args),
+        endpoint="local" if args.local else resolve_base_url(args.base_url),
         batching=(batching := Batching(max_size=args.batch_size)),
     )
     if args.cache and args.local:

@@ -32,11 +32,16 @@ from ._stream import stream_blocks
 from ._transport import HTTPTransport, Transport
 from ._types import EncodingFormat, Input, Matrix, Vector
 
-__all__ = ["DEFAULT_BASE_URL", "Embedder"]
+__all__ = ["DEFAULT_BASE_URL", "Embedder", "resolve_base_url"]
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 
 K = TypeVar("K")
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """The API root in force: the argument, else ``$OPENROUTER_BASE_URL``, else OpenRouter's."""
+    return base_url or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
 
 
 class _State(enum.Enum):
@@ -123,7 +128,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
             )
         if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
             raise ValueError(f"dimensions must be a positive int, got {dimensions!r}")
-        self.base_url = base_url or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
+        self.base_url = resolve_base_url(base_url)
         if (
             dimensions is not None
             and urlsplit(self.base_url).hostname == "openrouter.ai"
