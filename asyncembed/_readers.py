@@ -190,10 +190,10 @@ class JsonlReader(_FieldReader):
             raise InputFileError(self.path, "empty line (expected a JSON object)", line=line)
         try:
             obj = self._decoder.decode(raw)
-        except UnicodeDecodeError:
-            self._decode(raw, line)  # raises, naming the bad byte
-            raise  # pragma: no cover - unreachable
-        except msgspec.DecodeError as exc:
+        except (UnicodeDecodeError, msgspec.DecodeError) as exc:
+            # msgspec reports bad UTF-8 as UnicodeDecodeError before 0.23 and as DecodeError
+            # since: find the byte ourselves so the message names it under every version.
+            self._decode(raw, line)  # raises if the line is not UTF-8, naming the byte
             raise InputFileError(self.path, f"invalid JSON: {exc}", line=line) from None
         if not isinstance(obj, dict):
             msg = f"expected a JSON object, got {_type_name(obj)}"

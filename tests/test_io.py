@@ -165,7 +165,7 @@ def test_jsonl_bad_ids(tmp_path: Path, record: object, message: str) -> None:
 def test_jsonl_undecodable_string_is_named(tmp_path: Path) -> None:
     path = write(tmp_path / "c.jsonl", b'{"text": "a"}\n{"text": "\xc3("}\n')
     err = error_of(path)
-    assert err.line == 2 and "not valid UTF-8 (byte 0xc3" in str(err)
+    assert err.line == 2 and "not valid UTF-8 (byte 0xc3 at column 11)" in str(err)
 
 
 # -- .csv ----------------------------------------------------------------------------------
