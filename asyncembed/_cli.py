@@ -81,6 +81,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _add_client_arguments(p: argparse.ArgumentParser, *, model: str | None) -> None:
     p.add_argument(
         "--model",
@@ -124,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--rpm", type=_positive, help="client-side requests-per-minute limit")
     add("--tpm", type=_positive, help="client-side tokens-per-minute limit")
     add("--dimensions", type=_positive, help="ask for vectors of this length")
+    add(
+        "--max-cost",
+        type=_non_negative,
+        metavar="CREDITS",
+        help="spending cap: send no request that would take the billed cost past this",
+    )
     add("--resume", metavar="STATE", help="SQLite job state file: makes the run resumable")
     add("--cache", metavar="PATH", help="SQLite embeddings cache shared across runs")
     add("--encoding", choices=("base64", "float"), default="base64", help="wire encoding")
@@ -295,6 +311,7 @@ async def _embed(args: argparse.Namespace, run: _Run) -> None:
                 max_concurrency=args.concurrency,
                 requests_per_minute=args.rpm,
                 tokens_per_minute=args.tpm,
+                max_cost=args.max_cost,
             ),
             "dimensions": args.dimensions,
             "encoding_format": args.encoding,

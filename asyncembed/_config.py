@@ -75,7 +75,7 @@ class Limits:
     | ``max_concurrency`` | 16 | requests in flight at most (lowered on 429, AIMD) |
     | ``requests_per_minute`` | None | requests in any 60 s window; ``None``: unlimited |
     | ``tokens_per_minute`` | None | estimated tokens in any 60 s window; ``None``: unlimited |
-    | ``max_cost`` | None | stop sending once ``usage.cost`` adds up to this (credits) |
+    | ``max_cost`` | None | send no request whose estimated cost would pass this (credits) |
 
     Raises:
         ValueError: a field is out of range.

@@ -178,7 +178,6 @@ class Embedder(anyio.AsyncContextManagerMixin):
                 provider=provider,
             ),
             retry=self.retry,
-            limits=self.limits,
             encoding_format=encoding_format,
         )
         self._batches = BatchRunner(

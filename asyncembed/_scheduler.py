@@ -7,6 +7,12 @@ within a priority, so a large bulk job cannot starve a web handler.
 
 The concurrency limit adapts (AIMD): halved on a 429, raised by one after as many
 successes in a row as the current limit, never above ``Limits.max_concurrency``.
+
+The spending cap (``Limits.max_cost``) is enforced here too, when a slot is granted:
+the cost already billed plus the estimated cost of every request in flight plus this
+one's must fit under the cap. A request's cost is estimated from the cost per token
+billed so far; until the first billed answer only one request flies. So the spend
+overshoots the cap only by the estimates' error on the requests in flight.
 """
 
 from __future__ import annotations
@@ -14,14 +20,18 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ._clock import Clock
 from ._config import Limits
+from ._exceptions import BudgetExceededError
 
-__all__ = ["BULK", "LIVE", "Scheduler", "SlidingWindow"]
+__all__ = ["BULK", "LIVE", "Budget", "Scheduler", "SlidingWindow"]
+
+logger = logging.getLogger("asyncembed")
 
 LIVE = 0
 BULK = 1
@@ -69,6 +79,57 @@ class SlidingWindow:
         self._used += amount
 
 
+class Budget:
+    """The spend against ``Limits.max_cost``: billed, committed to requests in flight.
+
+    Args:
+        max_cost: The cap, in the API's credits.
+    """
+
+    __slots__ = ("billed_tokens", "committed", "max_cost", "spent")
+
+    def __init__(self, max_cost: float) -> None:
+        self.max_cost = max_cost
+        self.spent = 0.0
+        self.billed_tokens = 0
+        self.committed = 0.0
+
+    def estimate(self, tokens: int) -> float | None:
+        """A request's estimated cost from the price seen so far (``None``: no answer yet)."""
+        if self.billed_tokens == 0:
+            return None
+        return tokens * self.spent / self.billed_tokens
+
+    def grant(self, tokens: int, in_flight: int) -> float | None:
+        """The cost to commit for a request of ``tokens``, or ``None`` to wait.
+
+        Raises:
+            BudgetExceededError: The request cannot fit under the cap even when every
+                request in flight turns out free.
+        """
+        estimate = self.estimate(tokens)
+        if self.spent >= self.max_cost or (
+            estimate is not None and self.spent + estimate > self.max_cost
+        ):
+            raise BudgetExceededError(
+                f"spending cap reached: {self.spent:.6f} spent of max_cost={self.max_cost}"
+                + ("" if estimate is None else f", next request ~{estimate:.6f}")
+            )
+        if estimate is None:
+            return 0.0 if in_flight == 0 else None  # one request until the price is known
+        if self.spent + self.committed + estimate > self.max_cost:
+            return None  # fits only if a request in flight fails: wait for them to end
+        return estimate
+
+    def bill(self, cost: float | None, tokens: int) -> None:
+        """Record what an answer billed (``cost`` ``None``: the server does not say)."""
+        if cost is not None:
+            self.spent += cost
+        elif not self.billed_tokens:
+            logger.warning("max_cost is set but the server reports no usage.cost: not enforced")
+        self.billed_tokens += tokens
+
+
 class _Waiter:
     __slots__ = ("key", "tokens", "wake")
 
@@ -102,6 +163,7 @@ class Scheduler:
             SlidingWindow(limits.requests_per_minute) if limits.requests_per_minute else None
         )
         self._tpm = SlidingWindow(limits.tokens_per_minute) if limits.tokens_per_minute else None
+        self.budget = None if limits.max_cost is None else Budget(limits.max_cost)
 
     def __repr__(self) -> str:
         return (
@@ -122,28 +184,38 @@ class Scheduler:
             tokens: The request's estimated tokens (for the TPM window).
             priority: ``LIVE`` (0) or ``BULK`` (1); lower goes first.
         """
-        await self.acquire(tokens, priority)
+        committed = await self.acquire(tokens, priority)
         try:
             yield
         finally:
-            self.release()
+            self.release(committed)
 
-    async def acquire(self, tokens: int, priority: int = LIVE) -> None:
-        """Wait for a slot and take it. Cancellation leaves the queue cleanly."""
+    async def acquire(self, tokens: int, priority: int = LIVE) -> float:
+        """Wait for a slot and take it. Cancellation leaves the queue cleanly.
+
+        Returns:
+            The cost committed to the request, to hand back to :meth:`release`.
+
+        Raises:
+            BudgetExceededError: The spending cap leaves no room for this request.
+        """
         waiter = _Waiter((priority, next(self._seq)), tokens)
         heapq.heappush(self._waiters, waiter)
         try:
             while True:
                 if self._waiters[0] is waiter and self.in_flight < self.concurrency:
                     delay = self._time_delay(tokens)
-                    if delay <= 0:
+                    if delay > 0:
+                        # The head waits out the pause or window; the rest queue behind it.
+                        await self._clock.sleep(delay)
+                        continue
+                    committed = self._commit(tokens)
+                    if committed is not None:
                         heapq.heappop(self._waiters)
                         self._take(tokens)
                         self._wake_head()
-                        return
-                    # The head waits out the pause or window; the rest queue behind it.
-                    await self._clock.sleep(delay)
-                    continue
+                        return committed
+                    # Over budget while requests are in flight: a release wakes the head.
                 waiter.wake = asyncio.get_running_loop().create_future()
                 await waiter.wake
         except BaseException:
@@ -153,10 +225,25 @@ class Scheduler:
             self._wake_head()
             raise
 
-    def release(self) -> None:
-        """Give a slot back."""
+    def release(self, committed: float = 0.0) -> None:
+        """Give a slot back, with the cost that :meth:`acquire` committed to it."""
         self.in_flight -= 1
+        if self.budget is not None:
+            self.budget.committed -= committed
         self._wake_head()
+
+    def bill(self, cost: float | None, tokens: int) -> None:
+        """Record an answer's billed cost and tokens against the spending cap."""
+        if self.budget is not None:
+            self.budget.bill(cost, tokens)
+
+    def _commit(self, tokens: int) -> float | None:
+        if self.budget is None:
+            return 0.0
+        committed = self.budget.grant(tokens, self.in_flight)
+        if committed is not None:
+            self.budget.committed += committed
+        return committed
 
     def on_success(self) -> None:
         """Additive increase: +1 concurrency after a run of successes."""

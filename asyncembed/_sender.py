@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from ._clock import Clock
 from ._codec import Base64Unsupported, Embeddings, decode_response_async, encode_request
-from ._config import Limits, Retry
-from ._exceptions import BudgetExceededError, RateLimitError
+from ._config import Retry
+from ._exceptions import RateLimitError
 from ._inputs import TokenEstimator
 from ._models import EmbeddingRequest, ProviderPreferences
 from ._retry import retrying
@@ -61,7 +61,6 @@ class Sender:
         clock: Clock,
         options: RequestOptions,
         retry: Retry,
-        limits: Limits,
         encoding_format: EncodingFormat,
     ) -> None:
         self._transport = transport
@@ -71,7 +70,6 @@ class Sender:
         self._clock = clock
         self.options = options
         self._retry = retry
-        self._max_cost = limits.max_cost
         self.encoding_format: EncodingFormat = encoding_format
 
     async def request(
@@ -123,10 +121,6 @@ class Sender:
         forced: EncodingFormat | None,
         first_sent: list[float],
     ) -> Embeddings:
-        if self._max_cost is not None and self._counters.cost >= self._max_cost:
-            raise BudgetExceededError(
-                f"spending cap reached: {self._counters.cost:.6f} >= max_cost={self._max_cost}"
-            )
         expected, texts = _shape(inputs)
         tokens = self._estimator.total(texts) if texts is not None else _token_count(inputs)
         counters = self._counters
@@ -181,6 +175,7 @@ class Sender:
         counters.total_tokens += int(usage.total_tokens)
         if usage.cost is not None:
             counters.cost += usage.cost
+        self._scheduler.bill(usage.cost, int(usage.prompt_tokens))
         if texts is not None:
             self._estimator.calibrate(sum(map(len, texts)), usage.prompt_tokens)
         return result
