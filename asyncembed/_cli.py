@@ -35,7 +35,7 @@ import numpy as np
 
 from ._bulk import BulkJob, BulkResult
 from ._config import Batching, Limits
-from ._embedder import Embedder, resolve_base_url
+from ._embedder import Embedder, is_openrouter, resolve_base_url
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -110,9 +110,9 @@ def _add_client_arguments(p: argparse.ArgumentParser, *, model: str | None) -> N
     p.add_argument("--base-url", help="API root (default: $OPENROUTER_BASE_URL or OpenRouter)")
     p.add_argument(
         "--api-key-env",
-        default="OPENROUTER_API_KEY",
         metavar="NAME",
-        help="environment variable holding the API key (default: %(default)s)",
+        help="environment variable holding the API key, sent to any --base-url "
+        "(default: $OPENROUTER_API_KEY, sent only to OpenRouter)",
     )
 
 
@@ -256,21 +256,24 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _api_key(args: argparse.Namespace) -> str:
+    """The key for the endpoint: the named variable's, else $OPENROUTER_API_KEY for OpenRouter."""
     name = args.api_key_env
-    if not _ENV_NAME.fullmatch(name):
-        # Never echo it: people pass the key itself here by mistake.
-        raise _UsageError("--api-key-env takes the name of an environment variable, not a key")
-    key = os.environ.get(name, "")
-    if key:
-        return key
-    if name != "OPENROUTER_API_KEY":
-        raise _UsageError(f"--api-key-env {name}: the environment variable ${name} is not set")
-    if not args.base_url and not os.environ.get("OPENROUTER_BASE_URL"):
+    if name is not None:
+        if not _ENV_NAME.fullmatch(name):
+            # Never echo it: people pass the key itself here by mistake.
+            raise _UsageError("--api-key-env takes the name of an environment variable, not a key")
+        if not os.environ.get(name):
+            raise _UsageError(f"--api-key-env {name}: the environment variable ${name} is not set")
+        return os.environ[name]
+    if not is_openrouter(resolve_base_url(args.base_url)):
+        return ""  # another endpoint (vLLM, TEI...) gets a key only when one is named
+    key = os.environ.get("OPENROUTER_API_KEY", "")
+    if not key:
         raise _UsageError(
             "no API key: set $OPENROUTER_API_KEY (or name another variable with "
             "--api-key-env), or use --local for the offline local server"
         )
-    return ""  # a custom endpoint (vLLM, TEI...) may need no key
+    return key
 
 
 async def _embed(args: argparse.Namespace, run: _Run) -> None:

@@ -32,7 +32,7 @@ from ._stream import stream_blocks
 from ._transport import HTTPTransport, Transport
 from ._types import EncodingFormat, Input, Matrix, Vector
 
-__all__ = ["DEFAULT_BASE_URL", "Embedder", "resolve_base_url"]
+__all__ = ["DEFAULT_BASE_URL", "Embedder", "is_openrouter", "resolve_api_key", "resolve_base_url"]
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 
@@ -42,6 +42,23 @@ K = TypeVar("K")
 def resolve_base_url(base_url: str | None) -> str:
     """The API root in force: the argument, else ``$OPENROUTER_BASE_URL``, else OpenRouter's."""
     return base_url or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
+
+
+def is_openrouter(base_url: str) -> bool:
+    """Whether ``base_url`` is OpenRouter's own API (https on ``openrouter.ai``)."""
+    parts = urlsplit(base_url)
+    return parts.scheme == "https" and parts.hostname == "openrouter.ai"
+
+
+def resolve_api_key(api_key: str | None, base_url: str) -> str | None:
+    """The key to send: the argument, else ``$OPENROUTER_API_KEY`` for OpenRouter only.
+
+    The environment's key is the user's OpenRouter key: another endpoint (a proxy, vLLM,
+    a third party) gets a key only when one is passed explicitly.
+    """
+    if api_key is not None:
+        return api_key
+    return os.environ.get("OPENROUTER_API_KEY") if is_openrouter(base_url) else None
 
 
 class _State(enum.Enum):
@@ -61,8 +78,10 @@ class Embedder(anyio.AsyncContextManagerMixin):
 
     Args:
         model: The model id, e.g. ``"openai/text-embedding-3-small"``.
-        api_key: Bearer key; default ``$OPENROUTER_API_KEY``. ``None`` and no env: no
-            ``Authorization`` header (fine for local servers). Never shown anywhere.
+        api_key: Bearer key. ``None``: ``$OPENROUTER_API_KEY`` when ``base_url`` is
+            OpenRouter's (https on ``openrouter.ai``), and no ``Authorization`` header for
+            any other endpoint: the environment's key goes only to OpenRouter. Never shown
+            anywhere; the server's error texts are redacted of it.
         base_url: API root; default ``$OPENROUTER_BASE_URL`` or OpenRouter's.
         batching: How calls are coalesced (:class:`Batching`).
         limits: Concurrency, RPM/TPM budgets and spending cap (:class:`Limits`).
@@ -150,7 +169,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         self._owns_transport = transport is None
         self._transport: Transport = transport or HTTPTransport(
             base_url=self.base_url,
-            api_key=api_key if api_key is not None else os.environ.get("OPENROUTER_API_KEY"),
+            api_key=resolve_api_key(api_key, self.base_url),
             session=session,
             timeouts=timeouts or Timeouts(),
             headers=headers,

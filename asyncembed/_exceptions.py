@@ -268,7 +268,10 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 _BY_STATUS[524] = GatewayTimeoutError
 
 _HINTS = {
-    401: " (check the API key: $OPENROUTER_API_KEY or Embedder(api_key=...))",
+    401: (
+        " (check the API key: Embedder(api_key=...), or the CLI's --api-key-env NAME;"
+        " $OPENROUTER_API_KEY is sent only to openrouter.ai)"
+    ),
     402: " (out of credits: add credits or raise the key's limit; retrying will not help)",
 }
 

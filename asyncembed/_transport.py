@@ -66,6 +66,21 @@ def is_loopback(url: str) -> bool:
         return False
 
 
+_ERROR_BODY_MAX = 64 * 1024
+"""A 200 body longer than this holds vectors, not an echoed error."""
+
+
+def _check_key(api_key: str) -> None:
+    for position, char in enumerate(api_key, 1):
+        if not "!" <= char <= "~":
+            # Name the position and kind, never the key (people paste it with a newline).
+            kind = "a space" if char == " " else f"character U+{ord(char):04X}"
+            raise ValueError(
+                f"the API key holds {kind} at position {position} of {len(api_key)}: "
+                "a key is printable ASCII without spaces (strip the line break?)"
+            )
+
+
 class HTTPTransport:
     """The aiohttp transport.
 
@@ -79,11 +94,20 @@ class HTTPTransport:
         allow_insecure: Send the key over plain ``http://`` to a non-loopback host.
 
     Raises:
-        ValueError: the URL is not http(s), or a key would go over plain HTTP to
-            another machine without ``allow_insecure``.
+        ValueError: the URL is not http(s), the key holds a space, line break or other
+            control character, or a key would go over plain HTTP to another machine
+            without ``allow_insecure``.
     """
 
-    __slots__ = ("_closed", "_headers", "_owns_session", "_session", "_timeout", "_url")
+    __slots__ = (
+        "_closed",
+        "_headers",
+        "_key",
+        "_owns_session",
+        "_session",
+        "_timeout",
+        "_url",
+    )
 
     def __init__(
         self,
@@ -98,6 +122,8 @@ class HTTPTransport:
         scheme = urlsplit(base_url).scheme
         if scheme not in ("http", "https"):
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if api_key:
+            _check_key(api_key)
         if api_key and scheme == "http" and not is_loopback(base_url) and not allow_insecure:
             raise ValueError(
                 "refusing to send the API key over plain http:// to a non-loopback host; "
@@ -112,6 +138,7 @@ class HTTPTransport:
         }
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        self._key = api_key.encode() if api_key else None
         self._session = session
         self._owns_session = session is None
         self._closed = False
@@ -148,18 +175,32 @@ class HTTPTransport:
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()
-                return RawResponse(resp.status, resp.headers, body)
-        except TimeoutError as exc:
-            raise APITimeoutError("request timed out") from exc
+                return RawResponse(resp.status, resp.headers, self._redact(resp.status, body))
+        except TimeoutError:
+            error: Exception = APITimeoutError("request timed out")
         except aiohttp.ClientPayloadError as exc:
-            raise APIConnectionError(f"response body was cut short: {exc}") from None
+            error = APIConnectionError(f"response body was cut short: {exc}")
         except aiohttp.ClientError as exc:
             # str(exc) names the host and the OS error, never request headers.
-            raise APIConnectionError(f"{type(exc).__name__}: {exc}") from None
-        except RuntimeError as exc:
+            error = APIConnectionError(f"{type(exc).__name__}: {exc}")
+        except RuntimeError:
             if not session.closed:
                 raise
-            raise APIConnectionError("the aiohttp session given to asyncembed is closed") from exc
+            error = APIConnectionError("the aiohttp session given to asyncembed is closed")
+        # Raised outside the handler: aiohttp's exceptions carry the request's headers
+        # (the key among them), so none may stay reachable as our error's __context__.
+        raise error
+
+    def _redact(self, status: int, body: bytes) -> bytes:
+        """The body with our key blanked out, where a server might echo it in an error.
+
+        Error answers are small, and an error inside a 200 too; a large 200 is vectors,
+        so it is not searched (that would cost a pass over megabytes per request).
+        """
+        key = self._key
+        if key is None or (status == 200 and len(body) > _ERROR_BODY_MAX):
+            return body
+        return body.replace(key, b"[redacted]")
 
     async def aclose(self) -> None:
         """Close the session if this transport created it; later posts are refused."""

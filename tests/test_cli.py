@@ -247,6 +247,24 @@ def test_no_key_for_openrouter_is_a_usage_error(
 
 
 @pytest.mark.anyio
+async def test_the_environment_key_goes_to_another_endpoint_only_when_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "or-key")
+    monkeypatch.setenv("MY_KEY", "my-key")
+    async with LocalServer(dimensions=DIMS, api_key="or-key") as server:
+        argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--quiet"]
+        argv += ["--model", MODEL, "--base-url", server.base_url]
+        assert await run(argv) == 1  # the OpenRouter key is not sent to another host
+        err = one_error_line(capsys.readouterr().err)
+        assert "401" in err and "--api-key-env NAME" in err and "or-key" not in err
+        assert await run([*argv, "--api-key-env", "MY_KEY"]) == 1  # the wrong key, named
+        assert await run([*argv, "--api-key-env", "OPENROUTER_API_KEY"]) == 0
+        capsys.readouterr()
+
+
+@pytest.mark.anyio
 async def test_job_mismatch_on_resume_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,11 +17,12 @@ Fencing convention (for whoever writes docs):
 
 The environment of a run: ``OPENROUTER_BASE_URL`` is the base URL of a
 :class:`~asyncembed.testing.LocalServer` (1536-dimensional vectors, any model) serving
-on 127.0.0.1 from a background thread, and ``OPENROUTER_API_KEY`` is the dummy key that
-server requires. Samples are thus written exactly as a user would write them for
-OpenRouter. Name resolution is refused for any host other than loopback, so a sample
-cannot reach the network. The working directory is a fresh temporary folder holding
-``corpus.txt``: the first 300 lines of the shipped sample corpus.
+on 127.0.0.1 from a background thread, and ``OPENROUTER_API_KEY`` holds a dummy key
+(which asyncembed sends only to openrouter.ai, so that server requires none). Samples
+are thus written exactly as a user would write them for OpenRouter. Name resolution is
+refused for any host other than loopback, so a sample cannot reach the network. The
+working directory is a fresh temporary folder holding ``corpus.txt``: the first 300
+lines of the shipped sample corpus.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class ServerThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server = LocalServer(api_key=KEY, latency=0.0)
+        self.server = LocalServer(latency=0.0)
 
     def __enter__(self) -> LocalServer:
         self.thread.start()

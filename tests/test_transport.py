@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import anyio.lowlevel
@@ -10,6 +13,7 @@ import pytest
 
 import asyncembed
 from asyncembed import Embedder, Timeouts
+from asyncembed._embedder import resolve_api_key
 from asyncembed._transport import HTTPTransport, is_loopback
 from asyncembed.testing import LocalServer, no_backoff
 
@@ -34,13 +38,91 @@ async def test_headers_sent_with_every_request() -> None:
         assert "Authorization" not in headers  # the server never records it
 
 
-async def test_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_key_goes_only_to_openrouter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", "env-key")
+    assert resolve_api_key(None, "https://openrouter.ai/api/v1") == "env-key"
+    for other in (
+        "https://api.openai.com/v1",
+        "http://openrouter.ai/api/v1",
+        "https://openrouter.ai.evil.example/v1",
+        "http://127.0.0.1:8000/v1",
+    ):
+        assert resolve_api_key(None, other) is None, other
+    assert resolve_api_key("given", "https://api.openai.com/v1") == "given"
+    assert resolve_api_key("", "https://openrouter.ai/api/v1") == ""  # explicitly none
+
+
+async def test_another_endpoint_gets_no_environment_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENROUTER_API_KEY", "env-key")
     async with LocalServer(dimensions=4, api_key="env-key") as server:
         monkeypatch.setenv("OPENROUTER_BASE_URL", server.base_url)
-        async with Embedder("m") as embedder:
+        async with Embedder("m", retry=no_backoff(1)) as embedder:
             assert embedder.base_url == server.base_url
-            await embedder.embed("x")  # a wrong or missing key would be a 401
+            with pytest.raises(asyncembed.AuthenticationError, match="api_key=") as info:
+                await embedder.embed("x")
+            assert "env-key" not in str(info.value)
+        async with Embedder("m", api_key="env-key") as embedder:
+            await embedder.embed("x")  # given explicitly, it is sent
+
+
+@contextlib.asynccontextmanager
+async def raw_server(answer: Callable[[bytes], bytes]) -> AsyncIterator[str]:
+    """A bare TCP server on 127.0.0.1 that reads one request head and writes ``answer(head)``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer(head))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    finally:
+        server.close()
+
+
+def chain(exc: BaseException) -> str:
+    """Everything reachable from an exception: its text, repr, causes and contexts."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None:
+        parts += [str(seen), repr(seen), repr(getattr(seen, "__dict__", ""))]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(parts)
+
+
+KEY = "sk-or-v1-0123456789abcdef"
+
+
+async def test_a_key_echoed_by_the_server_is_redacted() -> None:
+    def echo(head: bytes) -> bytes:
+        auth = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"auth"))
+        body = b'{"error": {"code": 401, "message": "bad header: ' + auth + b'"}}'
+        length = str(len(body)).encode()
+        return b"HTTP/1.1 401 Unauthorized\r\nContent-Length: " + length + b"\r\n\r\n" + body
+
+    async with raw_server(echo) as url:
+        async with Embedder("m", base_url=url, api_key=KEY, retry=no_backoff(1)) as embedder:
+            with pytest.raises(asyncembed.AuthenticationError) as info:
+                await embedder.embed("x")
+    assert KEY not in chain(info.value)
+    assert "Bearer [redacted]" in str(info.value)
+
+
+async def test_a_malformed_reply_keeps_no_request_headers_reachable() -> None:
+    async with raw_server(lambda head: b"HTTP/1.1 abc\r\nX: \x00\r\n\r\n") as url:
+        async with Embedder("m", base_url=url, api_key=KEY, retry=no_backoff(1)) as embedder:
+            with pytest.raises(asyncembed.APIConnectionError) as info:
+                await embedder.embed("x")
+    assert KEY not in chain(info.value)
+
+
+@pytest.mark.parametrize("bad", ["sk-abc\n", "sk-a\rbc", "sk abc", "sk-\x00", "sk-é"])
+def test_a_key_with_control_characters_is_refused_unseen(bad: str) -> None:
+    with pytest.raises(ValueError, match="API key holds") as info:
+        Embedder("m", base_url="https://example.org/v1", api_key=bad)
+    assert bad not in str(info.value) and bad.strip() not in str(info.value)
 
 
 async def test_no_key_means_no_authorization_header() -> None:
