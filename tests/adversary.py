@@ -572,7 +572,9 @@ class Adversary:
     def _embeddings(
         self, model: str, inputs: Sequence[str], width: int, encoding: str | None, kind: str
     ) -> web.Response:
-        items = self._items(model, inputs, width, encoding == "base64" and kind == "ok")
+        items = self._items(
+            model, inputs, width, encoding == "base64" and kind != "base64_as_float"
+        )
         if kind == "shuffled" and len(items) > 1:
             original = list(items)
             while items == original:

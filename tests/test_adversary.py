@@ -318,11 +318,15 @@ async def test_index_out_of_range(session: aiohttp.ClientSession, kind: str, bad
     assert set(indices) != set(range(len(TEXTS)))
 
 
-async def test_shuffled_is_legal_and_exact_by_index(session: aiohttp.ClientSession) -> None:
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+async def test_shuffled_is_legal_and_exact_by_index(
+    session: aiohttp.ClientSession, encoding: str
+) -> None:
     texts = [f"s{i}" for i in range(20)]
-    adv, status, _, raw = await one_fault(session, "shuffled", texts)
+    adv, status, _, raw = await one_fault(session, "shuffled", texts, encoding=encoding)
     data = parse(raw)["data"]
     assert status == 200 and [item["index"] for item in data] != list(range(20))
+    assert {type(item["embedding"]) for item in data} == {str if encoding == "base64" else list}
     assert sorted(item["index"] for item in data) == list(range(20))
     for item in data:
         np.testing.assert_array_equal(decode(item), adv.vector(MODEL, texts[item["index"]]))
