@@ -283,7 +283,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
 
         Raises:
             TypeError: ``text`` is not a str.
-            InvalidInputError: ``text`` is empty, or too long (:class:`InputTooLongError`).
+            InvalidInputError: ``text`` is empty or only whitespace, or too long
+                (:class:`InputTooLongError`).
+            ValueError: ``timeout`` is not a positive number.
             BadRequestError: the server rejected this text (other texts are unaffected).
             APITimeoutError: ``timeout`` passed.
             EmbedderClosedError: the Embedder is not open.
@@ -291,6 +293,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         """
         self._check_open()
         text = self._estimator.check_text(text)
+        _check_timeout(timeout)
         if timeout is None:
             # The hot path: no cancel scope (entering one costs more than the future).
             future = self._batcher.submit(text, None)
@@ -321,13 +324,16 @@ class Embedder(anyio.AsyncContextManagerMixin):
 
         Raises:
             TypeError: not a list of str (or of int lists), or mixed.
-            InvalidInputError: an empty list or an empty/too-long item.
+            InvalidInputError: an empty list, or an item that is empty, only whitespace or
+                too long (token lists too: over ``Batching.max_input_tokens``).
             BadRequestError: the server rejected an item (its index is in the notes).
             APITimeoutError: ``timeout`` passed.
+            ValueError: ``timeout`` is not a positive number.
             EmbedderClosedError, APIStatusError, APIConnectionError, ProtocolError.
         """
         self._check_open()
         items = check_many(texts, self._estimator)
+        _check_timeout(timeout)
         at = None if timeout is None else self._clock.now() + timeout
         with self._active(), anyio.move_on_after(timeout):
             return await self._batches.embed_all(items, priority=BULK, deadline=lambda: at)
@@ -386,16 +392,17 @@ class Embedder(anyio.AsyncContextManagerMixin):
             The decoded response: vectors in input order, model, usage, id.
 
         Raises:
-            TypeError, InvalidInputError: malformed input.
+            TypeError, InvalidInputError: malformed input, or an input over
+                ``Batching.max_input_tokens`` (:class:`InputTooLongError`).
             APIStatusError, APIConnectionError, ProtocolError: the request failed.
         """
         self._check_open()
         if isinstance(input, str):
-            self._estimator.check_text(input)
+            input = self._estimator.check_text(input)
         elif isinstance(input, list) and input and isinstance(input[0], int):
-            check_tokens(input)
+            input = check_tokens(input, max_tokens=self._estimator.max_input_tokens)
         else:
-            check_many(input, self._estimator)
+            input = check_many(input, self._estimator)
         with self._active():
             return await self._sender.request(input, priority=LIVE, encoding_format=encoding_format)
 
@@ -479,3 +486,10 @@ class Embedder(anyio.AsyncContextManagerMixin):
         # A stream's batches: refused once the Embedder is closed, waited for by aclose().
         with self._active():
             return await self._batches.embed_all(texts, priority=BULK, offset=start)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")

@@ -48,6 +48,11 @@ class TokenEstimator:
             return int(sum(map(len, inputs)) / self.chars_per_token) + len(inputs)
         return sum(map(len, inputs))
 
+    @property
+    def max_input_tokens(self) -> int | None:
+        """``Batching.max_input_tokens``: the longest input accepted."""
+        return self._batching.max_input_tokens
+
     def calibrate(self, characters: int, prompt_tokens: float) -> None:
         """Fold one response's real token count into the ratio."""
         if characters <= 0 or prompt_tokens <= 0:
@@ -63,14 +68,16 @@ class TokenEstimator:
 
         Raises:
             TypeError: not a ``str``.
-            InvalidInputError: empty (its ``index`` is set).
+            InvalidInputError: empty or only whitespace (its ``index`` is set).
             InputTooLongError: over ``Batching.max_input_tokens`` (estimated).
         """
         if not isinstance(text, str):
             raise TypeError(f"{_name(label, index)} must be a str, got {type(text).__name__}")
-        if not text:
+        if not text or text.isspace():
+            # One rule with the CLI's readers: whitespace embeds to noise, never on purpose.
+            what = "empty" if not text else "only whitespace"
             raise InvalidInputError(
-                f"{_name(label, index)} is empty; the API rejects empty strings", index=index
+                f"{_name(label, index)} is {what}; empty texts cannot be embedded", index=index
             )
         limit = self._batching.max_input_tokens
         if limit is not None and len(text) > limit * self.chars_per_token:
@@ -91,12 +98,16 @@ def _name(label: str, index: int | None) -> str:
     return label if index is None else f"{label}[{index}]"
 
 
-def check_tokens(tokens: object, where: str = "input") -> list[int]:
+def check_tokens(
+    tokens: object, where: str = "input", max_tokens: int | None = None, index: int | None = None
+) -> list[int]:
     """Validate one token-id list; return it as a list.
 
     Raises:
         TypeError: not a list of ints.
         InvalidInputError: empty.
+        InputTooLongError: longer than ``max_tokens`` (``Batching.max_input_tokens``);
+            token lists are never truncated.
     """
     if not isinstance(tokens, list | tuple):
         raise TypeError(f"{where} must be a list of token ids, got {type(tokens).__name__}")
@@ -105,6 +116,10 @@ def check_tokens(tokens: object, where: str = "input") -> list[int]:
     for j, token in enumerate(tokens):
         if type(token) is not int:
             raise TypeError(f"{where}[{j}] must be an int token id, got {type(token).__name__}")
+    if max_tokens is not None and len(tokens) > max_tokens:
+        raise InputTooLongError(
+            f"{where} has {len(tokens)} tokens, over max_input_tokens={max_tokens}", index=index
+        )
     return list(tokens)
 
 
@@ -123,7 +138,8 @@ def check_many(texts: object, estimator: TokenEstimator) -> list[Any]:
         check = estimator.check_text
         return [check(t, i, "texts") for i, t in enumerate(texts)]
     if isinstance(texts[0], list | tuple):
-        return [check_tokens(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        limit = estimator.max_input_tokens
+        return [check_tokens(t, f"texts[{i}]", limit, i) for i, t in enumerate(texts)]
     raise TypeError(f"texts[0] must be a str or a token list, got {type(texts[0]).__name__}")
 
 

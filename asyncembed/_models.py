@@ -28,7 +28,40 @@ __all__ = [
 _WIRE = {"kw_only": True, "omit_defaults": True, "frozen": True}
 
 
-class MaxPrice(msgspec.Struct, **_WIRE):
+class _Checked(msgspec.Struct, **_WIRE):
+    """A request struct whose fields are type-checked when it is built.
+
+    msgspec checks types when decoding, not in ``__init__``; these structs are built
+    by users, so a wrong value (``order="openai"``, ``zdr="yes"``) must fail here with
+    the field's name, not reach the server as is.
+    """
+
+    def __post_init__(self) -> None:
+        for field in msgspec.structs.fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                continue
+            try:
+                msgspec.convert(msgspec.to_builtins(value), field.type)
+            except (msgspec.ValidationError, TypeError):
+                raise ValueError(
+                    f"{type(self).__name__}.{field.name}: expected "
+                    f"{_describe(field.type)}, got {value!r}"
+                ) from None
+
+
+def _describe(annotation: Any) -> str:
+    """A user-facing name for a field's type: ``list[str]``, ``'allow' or 'deny'``..."""
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    origin = getattr(annotation, "__origin__", None)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if args and origin is not list:  # a union: name its members
+        return " or ".join(_describe(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation)) if origin is None else str(annotation)
+
+
+class MaxPrice(_Checked, **_WIRE):
     """Highest price a provider may charge, in USD (``prompt``/``completion`` per 1M tokens).
 
     Values are numbers or decimal strings, passed through unchanged.
@@ -41,7 +74,7 @@ class MaxPrice(msgspec.Struct, **_WIRE):
     request: float | str | None = None
 
 
-class Percentiles(msgspec.Struct, **_WIRE):
+class Percentiles(_Checked, **_WIRE):
     """Per-percentile thresholds for ``preferred_min_throughput`` / ``preferred_max_latency``."""
 
     p50: float | None = None
@@ -50,14 +83,14 @@ class Percentiles(msgspec.Struct, **_WIRE):
     p99: float | None = None
 
 
-class ProviderSort(msgspec.Struct, **_WIRE):
+class ProviderSort(_Checked, **_WIRE):
     """The object form of ``provider.sort``: ``{"by": "price", "partition": "model"}``."""
 
     by: str
     partition: Literal["model", "none"] | None = None
 
 
-class ProviderPreferences(msgspec.Struct, **_WIRE):
+class ProviderPreferences(_Checked, **_WIRE):
     """OpenRouter provider routing preferences (the request's ``provider`` object).
 
     Every field is optional; unset fields are not sent, so OpenRouter's defaults apply.

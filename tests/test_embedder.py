@@ -163,6 +163,17 @@ async def test_stats_add_up_tokens_and_cost() -> None:
         (lambda e: e.embed_many([[1, 2], [3, "x"]]), TypeError),
         (lambda e: e.embed_many([[1, 2], []]), ValueError),
         (lambda e: e.embed("x" * 100_000), asyncembed.InputTooLongError),
+        (lambda e: e.embed("   "), asyncembed.InvalidInputError),
+        (lambda e: e.embed("\n\t"), asyncembed.InvalidInputError),
+        (lambda e: e.embed_many(["ok", " "]), asyncembed.InvalidInputError),
+        (lambda e: e.embed_many([[1] * 9000]), asyncembed.InputTooLongError),
+        (lambda e: e.create([1] * 9000), asyncembed.InputTooLongError),
+        (lambda e: e.create([[1], [1] * 9000]), asyncembed.InputTooLongError),
+        (lambda e: e.create(" "), asyncembed.InvalidInputError),
+        (lambda e: e.embed("ok", timeout=-1), ValueError),
+        (lambda e: e.embed("ok", timeout=0), ValueError),
+        (lambda e: e.embed("ok", timeout=float("nan")), ValueError),
+        (lambda e: e.embed_many(["ok"], timeout=-1), ValueError),
     ],
 )
 async def test_bad_input_fails_at_the_call_site_and_alone(call: Any, error: type) -> None:
@@ -175,6 +186,14 @@ async def test_bad_input_fails_at_the_call_site_and_alone(call: Any, error: type
             assert embedder.stats.queued == 1
             embedder._batcher.flush()
         assert server.requests_count == 1 and server.inputs_count == 1
+
+
+async def test_over_long_token_lists_name_their_index() -> None:
+    async with setup(batching=Batching(max_input_tokens=8)) as (server, embedder):
+        with pytest.raises(asyncembed.InputTooLongError, match=r"texts\[1\] has 9 tokens") as info:
+            await embedder.embed_many([[1] * 8, [1] * 9])
+        assert info.value.index == 1 and server.requests_count == 0
+        await embedder.embed_many([[1] * 8])  # at the limit is fine
 
 
 async def test_truncate_cuts_over_long_inputs_instead() -> None:

@@ -113,3 +113,34 @@ def test_error_envelope_struct() -> None:
     assert body.error.availability is not None
     assert body.error.availability.retryable is True
     assert body.error.availability.retry_after == 3
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: ProviderPreferences(order="openai"), "ProviderPreferences.order"),  # type: ignore[arg-type]
+        (lambda: ProviderPreferences(data_collection="maybe"), "data_collection"),  # type: ignore[arg-type]
+        (lambda: ProviderPreferences(zdr="yes"), "ProviderPreferences.zdr"),  # type: ignore[arg-type]
+        (lambda: ProviderPreferences(only=["a", 2]), "ProviderPreferences.only"),  # type: ignore[list-item]
+        (lambda: ProviderPreferences(preferred_max_latency="fast"), "preferred_max_latency"),  # type: ignore[arg-type]
+        (lambda: MaxPrice(prompt=[1]), "MaxPrice.prompt"),  # type: ignore[arg-type]
+        (lambda: Percentiles(p50="x"), "Percentiles.p50"),  # type: ignore[arg-type]
+        (lambda: ProviderSort(by="price", partition="all"), "ProviderSort.partition"),  # type: ignore[arg-type]
+    ],
+)
+def test_provider_preferences_are_checked_when_built(build: object, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        build()  # type: ignore[operator]
+
+
+def test_valid_provider_preferences_are_accepted() -> None:
+    prefs = ProviderPreferences(
+        order=["openai"],
+        data_collection="deny",
+        zdr=True,
+        sort=ProviderSort(by="price", partition="model"),
+        max_price=MaxPrice(prompt=0.1, completion="0.2"),
+        preferred_max_latency=Percentiles(p50=1.5),
+        preferred_min_throughput=100,
+    )
+    assert prefs.zdr is True and prefs.max_price is not None
