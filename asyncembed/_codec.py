@@ -29,6 +29,7 @@ __all__ = [
     "LARGE_BODY",
     "Base64Unsupported",
     "Embeddings",
+    "EmptyData",
     "decode_response",
     "decode_response_async",
     "encode_request",
@@ -67,9 +68,20 @@ _NO_USAGE = Usage()
 
 
 class Base64Unsupported(ProtocolError):
-    """A base64 request answered with empty/short ``data`` or with floats.
+    """Evidence that the model cannot answer base64: empty base64 strings.
 
-    Internal signal: the Embedder switches the model to float and resends.
+    Internal signal: the Embedder switches the model to float and resends. A short or
+    empty ``data`` list is no such evidence (it is a plain :class:`ProtocolError`), and
+    float arrays in a base64 answer are decoded as they are (``Embeddings.encoding``).
+    """
+
+
+class EmptyData(ProtocolError):
+    """A 200 with an empty ``data`` list. Retried; repeated for base64, it is evidence.
+
+    One empty answer is no evidence that a model ignores base64 (a provider hiccup looks
+    the same), but some OpenRouter models answer every base64 request so: the Sender
+    switches to float after two in a row.
     """
 
 
@@ -83,6 +95,8 @@ class Embeddings:
         usage: Token counts and cost (zeros when the server sent none).
         id: The response id, when sent.
         provider: The upstream provider, when OpenRouter names it.
+        encoding: How the vectors came: ``"float"`` also when base64 was asked for and
+            the model answered float arrays (some OpenRouter models do).
     """
 
     vectors: Matrix
@@ -90,6 +104,7 @@ class Embeddings:
     usage: Usage
     id: str | None = None
     provider: str | None = None
+    encoding: EncodingFormat = "float"
 
 
 def encode_request(request: EmbeddingRequest) -> bytes:
@@ -118,7 +133,8 @@ def decode_response(
 
     Raises:
         APIStatusError: a non-2xx status, or an error body inside a 200 (by its code).
-        Base64Unsupported: base64 was asked for and the body has no or float vectors.
+        Base64Unsupported: base64 was asked for and the vectors are empty strings.
+        EmptyData: ``data`` is empty (a :class:`ProtocolError`).
         ProtocolError: a 200 body that is not JSON, or whose ``data`` does not cover the
             inputs exactly once, or has vectors of mixed length, wrong length or NaN/Inf.
     """
@@ -179,28 +195,34 @@ def _decode(
         raise ProtocolError(f"invalid response body ({exc}): {_excerpt(content)}") from None
     if body.error is not None:
         raise _detail_error(status, body.error, headers, body.id)
+    if not body.data:
+        raise EmptyData(f"response has 0 embeddings for {expected} inputs")
     if isinstance(body, _LazyResponse) and _raw_kinds(body) <= {b'"', b"["}:
         vectors = yield from _lazy_matrix(body, expected, encoding, dimensions)
-        return _embeddings(body, vectors)
+        return _embeddings(body, vectors, "base64" if _raw_kinds(body) == {b'"'} else "float")
     if isinstance(body, _LazyResponse):  # odd vectors (objects...): decode in one go
         body = _RESPONSE.decode(content)
     data = body.data
     embeddings = [item.embedding for item in data]
     kinds = set(map(type, embeddings))
-    if encoding == "base64" and (len(data) < expected or kinds != {bytes}):
-        raise Base64Unsupported("the model answered a base64 request without base64 vectors")
+    if encoding == "base64" and kinds == {bytes} and not any(embeddings):
+        raise Base64Unsupported("the model answered a base64 request with empty vectors")
     if len(data) != expected:
         raise ProtocolError(f"response has {len(data)} embeddings for {expected} inputs")
-    return _embeddings(body, _matrix(_in_index_order(data, embeddings), kinds, dimensions))
+    matrix = _matrix(_in_index_order(data, embeddings), kinds, dimensions)
+    return _embeddings(body, matrix, "base64" if kinds == {bytes} else "float")
 
 
-def _embeddings(body: EmbeddingResponse | _LazyResponse, vectors: Matrix) -> Embeddings:
+def _embeddings(
+    body: EmbeddingResponse | _LazyResponse, vectors: Matrix, encoding: EncodingFormat
+) -> Embeddings:
     return Embeddings(
         vectors=vectors,
         model=body.model,
         usage=body.usage or _NO_USAGE,
         id=body.id,
         provider=body.provider,
+        encoding=encoding,
     )
 
 
@@ -214,8 +236,8 @@ def _lazy_matrix(
     """The matrix of a large body, its raw vectors decoded a chunk at a time."""
     raws = [item.embedding for item in body.data]
     kinds = _raw_kinds(body)
-    if encoding == "base64" and (len(raws) < expected or kinds != {b'"'}):
-        raise Base64Unsupported("the model answered a base64 request without base64 vectors")
+    if encoding == "base64" and all(bytes(raw) == b'""' for raw in raws):
+        raise Base64Unsupported("the model answered a base64 request with empty vectors")
     if len(raws) != expected:
         raise ProtocolError(f"response has {len(raws)} embeddings for {expected} inputs")
     if len(kinds) > 1:

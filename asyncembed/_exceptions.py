@@ -89,7 +89,8 @@ class ProtocolError(AsyncEmbedError):
     """An HTTP 200 whose body cannot be trusted.
 
     Examples: not JSON, ``data`` missing, short, or with duplicate/out-of-range
-    ``index`` values, vectors of different lengths or with NaN/Inf. Retried once.
+    ``index`` values, vectors of another length than the model's or with NaN/Inf.
+    Retried like a 502, within the same attempts and time budget.
     """
 
     retryable = True

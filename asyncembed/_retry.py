@@ -21,9 +21,6 @@ __all__ = ["is_retryable", "retrying"]
 
 logger = logging.getLogger("asyncembed")
 
-# A 200 that cannot be trusted (index gaps, NaN...) is tried once more, then raised.
-_PROTOCOL_RETRIES = 1
-
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether another attempt can help: by class, or by the body's availability flag."""
@@ -60,17 +57,10 @@ def retrying(
     """
     created = clock.now()
     jitter = rng or random.Random()
-    protocol_errors = 0
 
     def should_retry(state: tenacity.RetryCallState) -> bool:
-        nonlocal protocol_errors
         exc = state.outcome.exception() if state.outcome else None
-        if exc is None or not is_retryable(exc):
-            return False
-        if isinstance(exc, ProtocolError):
-            protocol_errors += 1
-            return protocol_errors <= _PROTOCOL_RETRIES
-        return True
+        return exc is not None and is_retryable(exc)
 
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

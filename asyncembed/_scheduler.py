@@ -22,12 +22,12 @@ import heapq
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from ._clock import Clock
 from ._config import Limits
-from ._exceptions import BudgetExceededError
+from ._exceptions import BudgetExceededError, RateLimitError
 
 __all__ = ["BULK", "LIVE", "Budget", "Scheduler", "SlidingWindow"]
 
@@ -177,20 +177,26 @@ class Scheduler:
         return len(self._waiters)
 
     @asynccontextmanager
-    async def slot(self, tokens: int, priority: int = LIVE) -> AsyncIterator[None]:
+    async def slot(
+        self, tokens: int, priority: int = LIVE, wait_limit: Callable[[], float] | None = None
+    ) -> AsyncIterator[None]:
         """Hold a request slot for the body of the ``async with``.
 
         Args:
             tokens: The request's estimated tokens (for the TPM window).
             priority: ``LIVE`` (0) or ``BULK`` (1); lower goes first.
+            wait_limit: Returns the latest ``clock.now()`` the request may wait to
+                through a 429 pause (its callers' deadline, its retry budget).
         """
-        committed = await self.acquire(tokens, priority)
+        committed = await self.acquire(tokens, priority, wait_limit)
         try:
             yield
         finally:
             self.release(committed)
 
-    async def acquire(self, tokens: int, priority: int = LIVE) -> float:
+    async def acquire(
+        self, tokens: int, priority: int = LIVE, wait_limit: Callable[[], float] | None = None
+    ) -> float:
         """Wait for a slot and take it. Cancellation leaves the queue cleanly.
 
         Returns:
@@ -198,6 +204,8 @@ class Scheduler:
 
         Raises:
             BudgetExceededError: The spending cap leaves no room for this request.
+            RateLimitError: A 429 pause lasts past ``wait_limit()``: the request fails at
+                once rather than wait in vain (``retry_after``: the pause left).
         """
         waiter = _Waiter((priority, next(self._seq)), tokens)
         heapq.heappush(self._waiters, waiter)
@@ -205,6 +213,13 @@ class Scheduler:
             while True:
                 if self._waiters[0] is waiter and self.in_flight < self.concurrency:
                     delay = self._time_delay(tokens)
+                    if wait_limit is not None and self.paused_until > wait_limit():
+                        left = self.paused_until - self._clock.now()
+                        raise RateLimitError(
+                            f"rate limited: dispatch is paused for {left:.1f} s more, "
+                            "past this request's deadline or retry budget",
+                            retry_after=left,
+                        )
                     if delay > 0:
                         # The head waits out the pause or window; the rest queue behind it.
                         await self._clock.sleep(delay)
@@ -254,12 +269,10 @@ class Scheduler:
                 self._successes = 0
                 self._wake_head()
 
-    def on_rate_limited(self, delay: float | None) -> None:
-        """Multiplicative decrease, and pause all dispatch for ``delay`` seconds if given."""
+    def on_rate_limited(self) -> None:
+        """Multiplicative decrease of the concurrency (the pause is set by the retry)."""
         self.concurrency = max(1, self.concurrency // 2)
         self._successes = 0
-        if delay is not None:
-            self.pause(delay)
 
     def pause(self, delay: float) -> None:
         """Hold all dispatch for ``delay`` seconds (an existing longer pause stands)."""

@@ -12,11 +12,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from ._clock import Clock
-from ._codec import Base64Unsupported, Embeddings, decode_response_async, encode_request
+from ._codec import (
+    Base64Unsupported,
+    Embeddings,
+    EmptyData,
+    decode_response_async,
+    encode_request,
+)
 from ._config import Retry
-from ._exceptions import RateLimitError
+from ._exceptions import (
+    BadRequestError,
+    ProtocolError,
+    RateLimitError,
+    UnprocessableEntityError,
+)
 from ._inputs import TokenEstimator
 from ._models import EmbeddingRequest, ProviderPreferences
 from ._retry import retrying
@@ -28,6 +40,9 @@ from ._types import EncodingFormat, Input
 __all__ = ["Deadline", "RequestOptions", "Sender"]
 
 logger = logging.getLogger("asyncembed")
+
+_EMPTY_EVIDENCE = 2
+"""Empty answers to base64 requests in a row that show the model ignores base64."""
 
 Deadline = Callable[[], float | None]
 """Returns the latest ``clock.now()`` any caller waits for (``None``: no limit)."""
@@ -71,6 +86,45 @@ class Sender:
         self.options = options
         self._retry = retry
         self.encoding_format: EncodingFormat = encoding_format
+        self._empty_base64 = 0  # empty base64 answers in a row (see EmptyData)
+        self.width: int | None = options.dimensions
+        self._width_votes = 0 if options.dimensions is None else 2
+        """The model's vector length: ``dimensions``, else that of the first answers.
+
+        An answer of another length is a retryable :class:`ProtocolError`, never
+        delivered (a provider fallback can change it mid-run).
+        """
+
+    def _check_width(self, width: int) -> None:
+        """One width per model: the first answers fix it; another is a ProtocolError.
+
+        Raises:
+            ProtocolError: ``width`` is not the model's (retried, never delivered).
+        """
+        if width == self.width:
+            self._width_votes += 1
+            return
+        if self.width is None:
+            self.width, self._width_votes = width, 1
+            return
+        expected = self.width
+        if self._width_votes < 2 and self.options.dimensions is None:
+            # Only one answer ever gave the width: it may have been the odd one (a
+            # provider fallback answering first). Let the next answers decide afresh.
+            self.width, self._width_votes = None, 0
+        raise ProtocolError(f"expected {expected}-dimensional vectors, got {width}")
+
+    def _use_float(self) -> None:
+        if self.encoding_format != "float":
+            logger.warning(
+                "model %s does not honour base64; switching to float", self.options.model
+            )
+            self.encoding_format = "float"
+
+    def _switch_to_float(self) -> NoReturn:
+        """The model refused base64 (on evidence): use float from now on, and resend."""
+        self._use_float()
+        raise _EncodingSwitched from None
 
     async def request(
         self,
@@ -94,10 +148,23 @@ class Sender:
 
         def on_retry(exc: BaseException, delay: float) -> None:
             counters.retries += 1
-            if isinstance(exc, RateLimitError) and exc.retry_after is None:
-                self._scheduler.pause(delay)  # no server delay: pause for our backoff
+            if isinstance(exc, RateLimitError):
+                # Pause everyone for what this request will actually wait (the server's
+                # delay, or our backoff when it names none). A delay the policy will not
+                # wait (past its budget or the callers' deadline) makes the request fail
+                # at once instead, and pauses nobody: the pause never outlives a budget.
+                self._scheduler.pause(delay)
 
         first_sent: list[float] = []
+        created = self._clock.now()
+        budget = self._retry.timeout
+
+        def wait_limit() -> float:
+            """The latest time this request may wait for a slot through a 429 pause."""
+            limit = (first_sent[0] if first_sent else created) + budget
+            latest = deadline() if deadline is not None else None
+            return limit if latest is None else min(limit, latest)
+
         policy = retrying(
             self._retry,
             self._clock,
@@ -109,7 +176,9 @@ class Sender:
             try:
                 async for attempt in policy:
                     with attempt:
-                        return await self._attempt(inputs, priority, encoding_format, first_sent)
+                        return await self._attempt(
+                            inputs, priority, encoding_format, first_sent, wait_limit
+                        )
             except _EncodingSwitched:
                 continue  # resend at once in float, through a new slot (counted by limits)
             raise AssertionError("unreachable: tenacity re-raises the last error")
@@ -120,12 +189,13 @@ class Sender:
         priority: int,
         forced: EncodingFormat | None,
         first_sent: list[float],
+        wait_limit: Callable[[], float],
     ) -> Embeddings:
         expected, texts = _shape(inputs)
         tokens = self._estimator.total(texts) if texts is not None else _token_count(inputs)
         counters = self._counters
         options = self.options
-        async with self._scheduler.slot(tokens, priority):
+        async with self._scheduler.slot(tokens, priority, wait_limit):
             if not first_sent:
                 first_sent.append(self._clock.now())
             encoding = forced or self.encoding_format
@@ -151,18 +221,32 @@ class Sender:
                     encoding=encoding,
                     dimensions=options.dimensions,
                 )
+                self._check_width(result.vectors.shape[1])
+                if encoding == "base64":
+                    self._empty_base64 = 0
+                    if result.encoding == "float":
+                        self._use_float()  # floats for base64: kept, and asked for from now
+            except (BadRequestError, UnprocessableEntityError) as exc:
+                counters.errors += 1
+                if forced is None and encoding == "base64" and _names_encoding(exc.message):
+                    self._switch_to_float()
+                raise
+            except EmptyData:
+                counters.errors += 1
+                if forced is None and encoding == "base64":
+                    self._empty_base64 += 1
+                    if self._empty_base64 >= _EMPTY_EVIDENCE:
+                        self._switch_to_float()
+                raise
             except Base64Unsupported:
                 counters.errors += 1
                 if forced is not None:
                     raise
-                # Some models ignore base64 (empty data, or floats): use float from now on.
-                logger.warning("model %s does not honour base64; switching to float", options.model)
-                self.encoding_format = "float"
-                raise _EncodingSwitched from None
-            except RateLimitError as exc:
+                self._switch_to_float()
+            except RateLimitError:
                 counters.errors += 1
                 counters.rate_limited += 1
-                self._scheduler.on_rate_limited(exc.retry_after)
+                self._scheduler.on_rate_limited()
                 raise
             except Exception:
                 counters.errors += 1
@@ -179,6 +263,12 @@ class Sender:
         if texts is not None:
             self._estimator.calibrate(sum(map(len, texts)), usage.prompt_tokens)
         return result
+
+
+def _names_encoding(message: str) -> bool:
+    """Whether a 400/422's message is about the encoding (evidence base64 is refused)."""
+    lowered = message.lower()
+    return "base64" in lowered or "encoding_format" in lowered
 
 
 def _shape(inputs: Input) -> tuple[int, list[str] | None]:

@@ -11,7 +11,7 @@ import pytest
 
 import asyncembed
 from asyncembed import _codec
-from asyncembed._codec import Base64Unsupported, decode_response
+from asyncembed._codec import Base64Unsupported, EmptyData, decode_response
 from asyncembed._exceptions import error_for_status, parse_retry_after
 from asyncembed._types import EncodingFormat
 
@@ -91,11 +91,25 @@ def test_short_or_empty_data_is_a_protocol_error() -> None:
         decode(body([]))
 
 
-def test_base64_request_answered_with_floats_or_nothing_signals_fallback() -> None:
+def test_base64_request_answered_with_floats_is_decoded_as_floats() -> None:
     floats = body([{"embedding": r.tolist(), "index": i} for i, r in enumerate(VECTORS)])
+    result = decode(floats, encoding="base64")
+    np.testing.assert_array_equal(result.vectors, VECTORS)
+    assert result.encoding == "float"
+
+
+def test_base64_request_answered_with_empty_strings_signals_fallback() -> None:
     with pytest.raises(Base64Unsupported):
-        decode(floats, encoding="base64")
-    with pytest.raises(Base64Unsupported):
+        decode(body([{"embedding": "", "index": i} for i in range(3)]), encoding="base64")
+
+
+def test_a_short_or_empty_base64_answer_is_no_evidence() -> None:
+    b64 = [base64.b64encode(r.astype("<f4").tobytes()).decode() for r in VECTORS]
+    short = body([{"embedding": e, "index": i} for i, e in enumerate(b64[:2])])
+    with pytest.raises(asyncembed.ProtocolError, match="2 embeddings for 3") as info:
+        decode(short, encoding="base64")
+    assert not isinstance(info.value, Base64Unsupported)
+    with pytest.raises(EmptyData):
         decode(body([]), encoding="base64")
 
 

@@ -70,7 +70,8 @@ async def test_concurrency_is_never_exceeded_and_priority_goes_first() -> None:
 async def test_rate_limit_pauses_everyone_and_halves_concurrency() -> None:
     clock = FakeClock()
     scheduler = Scheduler(Limits(max_concurrency=8), clock)
-    scheduler.on_rate_limited(5.0)
+    scheduler.on_rate_limited()
+    scheduler.pause(5.0)
     assert scheduler.concurrency == 4
     start = clock.now()
     await scheduler.acquire(1)
