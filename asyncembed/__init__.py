@@ -21,6 +21,7 @@ from ._exceptions import InputTooLongError as InputTooLongError
 from ._exceptions import InternalServerError as InternalServerError
 from ._exceptions import InvalidInputError as InvalidInputError
 from ._exceptions import NotFoundError as NotFoundError
+from ._exceptions import PartialResultError as PartialResultError
 from ._exceptions import PayloadTooLargeError as PayloadTooLargeError
 from ._exceptions import PaymentRequiredError as PaymentRequiredError
 from ._exceptions import PermissionDeniedError as PermissionDeniedError
@@ -68,6 +69,7 @@ __all__ = [
     "Limits",
     "MaxPrice",
     "NotFoundError",
+    "PartialResultError",
     "PayloadTooLargeError",
     "PaymentRequiredError",
     "Percentiles",

@@ -9,6 +9,7 @@ batches sent concurrently into one preallocated matrix.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from ._config import Batching
 from ._exceptions import (
     APIStatusError,
     BadRequestError,
+    PartialResultError,
     PayloadTooLargeError,
     ProtocolError,
     UnprocessableEntityError,
@@ -32,6 +34,8 @@ from ._store import Cache
 from ._types import Input, Matrix
 
 __all__ = ["BatchRunner", "Outcome", "first_error"]
+
+logger = logging.getLogger("asyncembed")
 
 # Errors that one bad input in a batch can cause: split the batch to find it.
 _ISOLATE = (BadRequestError, PayloadTooLargeError, UnprocessableEntityError)
@@ -102,6 +106,9 @@ class BatchRunner:
         self._estimator = estimator
         self._counters = counters
         self._cache = cache
+        self._known_good: Any = None  # an input that got a vector (for _request_wide)
+        self.learned_cap: int | None = None
+        """The most inputs the server accepts in one request, once a size cap was seen."""
 
     async def run(
         self, inputs: Batch, *, priority: int = LIVE, deadline: Deadline | None = None
@@ -128,49 +135,97 @@ class BatchRunner:
     ) -> Matrix:
         """Embed validated items in concurrent batches, repeats sent once.
 
-        Returns the matrix in input order.
+        Returns the matrix in input order. Every batch runs to its end (each retried
+        within its own budget) before a failure is raised, so that no request in flight
+        is thrown away.
 
         Raises:
-            The first failure of any batch; a bad input's error carries a note with its
-            position (``offset`` plus its index in ``items``).
+            PartialResultError: some inputs failed and others did not: it carries the
+                vectors obtained and the failures (positions plus ``offset``).
+            The failure itself when no input got a vector; a bad input's error carries a
+                note with its position (``offset`` plus its index in ``items``).
         """
         unique: list[Any] = list(dict.fromkeys(items)) if isinstance(items[0], str) else items
         spans = list(chunk(unique, self._estimator, self._batching))
         # Each batch is copied into one preallocated matrix as it lands, so the
         # batches and the result are never all in memory at once.
         matrix: Matrix | None = None
+        failed: dict[int, BaseException] = {}  # by position in `unique`
+        landed: list[tuple[int, int]] = []
 
         async def one(start: int, end: int) -> None:
             nonlocal matrix
-            outcome = await self.run(unique[start:end], priority=priority, deadline=deadline)
-            if outcome.errors:
-                i, exc = min(outcome.errors.items())
-                exc.add_note(f"(input {offset + items.index(unique[start + i])})")
-                raise exc
-            vectors = outcome.vectors
-            assert vectors is not None
-            if len(spans) == 1:
-                matrix = vectors
+            try:
+                outcome = await self.run(unique[start:end], priority=priority, deadline=deadline)
+            except Exception as exc:
+                failed.update(dict.fromkeys(range(start, end), exc))
                 return
-            if matrix is None:
-                matrix = np.empty((len(unique), vectors.shape[1]), np.float32)
-            elif vectors.shape[1] != matrix.shape[1]:
-                raise ProtocolError(
-                    f"vectors changed length between batches: {matrix.shape[1]} "
-                    f"then {vectors.shape[1]}"
-                )
-            matrix[start:end] = vectors
+            failed.update({start + i: exc for i, exc in outcome.errors.items()})
+            vectors = outcome.vectors
+            if vectors is None:
+                return
+            stale: list[tuple[int, int]] = []
+            if len(spans) == 1 and not outcome.errors:
+                matrix = vectors
+            else:
+                if matrix is not None and matrix.shape[1] != vectors.shape[1]:
+                    # The model's width was decided afresh (a lone first answer was the
+                    # odd one, see Sender): what landed at the old width is resent.
+                    stale, landed[:] = list(landed), []
+                    matrix = None
+                if matrix is None:
+                    matrix = np.full((len(unique), vectors.shape[1]), np.nan, np.float32)
+                matrix[start:end] = vectors
+                for i in outcome.errors:
+                    matrix[start + i] = np.nan
+                landed.append((start, end))
+            for span in stale:
+                await one(*span)
 
         if len(spans) == 1:
             await one(*spans[0])  # one batch (every stream block): no task group needed
         else:
             await _all([functools.partial(one, s, e) for s, e in spans])
-        assert matrix is not None
         if len(unique) != len(items):
             self._counters.deduplicated += len(items) - len(unique)
+        if failed:
+            raise self._failure(items, unique, matrix, failed, offset)
+        assert matrix is not None
+        if len(unique) != len(items):
             position = {text: i for i, text in enumerate(unique)}
             matrix = matrix[[position[text] for text in items]]
         return matrix
+
+    @staticmethod
+    def _failure(
+        items: list[Any],
+        unique: list[Any],
+        matrix: Matrix | None,
+        failed: dict[int, BaseException],
+        offset: int,
+    ) -> BaseException:
+        """The error for a list with failed inputs (see :meth:`embed_all`)."""
+        if len(unique) != len(items):
+            position = {text: i for i, text in enumerate(unique)}
+            where = [position[text] for text in items]
+        else:
+            where = list(range(len(items)))
+        errors = {offset + k: failed[u] for k, u in enumerate(where) if u in failed}
+        first_at, first = min(errors.items())
+        first.add_note(f"(input {first_at})")
+        if matrix is None:
+            return first
+        vectors = matrix if len(unique) == len(items) else matrix[where]
+        distinct = len({id(exc) for exc in errors.values()})
+        error = PartialResultError(
+            f"{len(errors)} of {len(items)} inputs failed ({distinct} distinct errors; "
+            f"the first, at input {first_at}: {first}); the other vectors are in .vectors",
+            vectors=vectors,
+            errors=errors,
+            start=offset,
+        )
+        error.__cause__ = first
+        return error
 
     async def _cached(
         self, cache: Cache, texts: list[str], priority: int, deadline: Deadline | None
@@ -207,17 +262,46 @@ class BatchRunner:
         return Outcome(matrix, errors)
 
     async def _isolating(self, inputs: Batch, priority: int, deadline: Deadline | None) -> Outcome:
+        cap = self.learned_cap
+        if cap is not None and len(inputs) > cap:
+            return await self._split(inputs, cap, priority, deadline)
         try:
             return await self._send(inputs, priority, deadline)
         except _ISOLATE as exc:
             if len(inputs) == 1:
                 return Outcome.failed(1, exc)
-            return await self._bisect(inputs, exc, priority, deadline, same_levels=0)
+            return await self._bisect(inputs, exc, priority, deadline, _Probe())
+
+    async def _split(
+        self, inputs: Batch, size: int, priority: int, deadline: Deadline | None
+    ) -> Outcome:
+        """Send ``inputs`` in parts of ``size`` (a learned cap), concurrently."""
+        parts = [inputs[s : s + size] for s in range(0, len(inputs), size)]
+        outcomes: list[Outcome] = [Outcome.failed(0, ProtocolError("unset"))] * len(parts)
+
+        async def part(k: int) -> None:
+            outcomes[k] = await self._isolating(parts[k], priority, deadline)
+
+        await _all([functools.partial(part, k) for k in range(len(parts))])
+        return Outcome.join([(len(p), o) for p, o in zip(parts, outcomes, strict=True)])
 
     async def _send(self, inputs: Batch, priority: int, deadline: Deadline | None) -> Outcome:
         batch: Input = list(inputs)  # type: ignore[assignment]
         result = await self._sender.request(batch, priority=priority, deadline=deadline)
+        self._known_good = batch[0]
         return Outcome(result.vectors)
+
+    async def _try(
+        self, inputs: Batch, priority: int, deadline: Deadline | None
+    ) -> Outcome | APIStatusError:
+        """One part of a bisection: its outcome, or the error that splits it further."""
+        cap = self.learned_cap
+        if cap is not None and len(inputs) > cap:
+            return await self._split(inputs, cap, priority, deadline)
+        try:
+            return await self._send(inputs, priority, deadline)
+        except _ISOLATE as failure:
+            return failure
 
     async def _bisect(
         self,
@@ -225,15 +309,17 @@ class BatchRunner:
         exc: APIStatusError,
         priority: int,
         deadline: Deadline | None,
-        *,
-        same_levels: int,
+        probe: _Probe,
     ) -> Outcome:
         """Find the input(s) behind ``exc`` by halving, so every other input succeeds.
 
-        When both halves fail with the very error of the whole, twice in a row (four
-        quarters), the error is about the request rather than an input (a bad model,
-        ``dimensions``...): every input fails with it, after 7 requests instead of
-        the 2n - 1 of a full bisection.
+        The rule (docs/guides/reliability.md): an error fails every input only once it
+        is shown to concern the request, not an input: when both halves fail with the
+        very error of the whole, one input known to be good is sent alone, and if it
+        fails the same way (an unknown model, a bad parameter) so does the batch,
+        after a handful of requests. Otherwise halving goes on to single inputs, and
+        only those that fail alone fail. When both halves of a failed batch succeed,
+        the error was about its size: the half's size becomes the learned cap.
         """
         self._counters.splits += 1
         mid = len(inputs) // 2
@@ -241,16 +327,14 @@ class BatchRunner:
         tried: list[Outcome | APIStatusError] = [exc, exc]
 
         async def attempt(k: int) -> None:
-            try:
-                tried[k] = await self._send(halves[k], priority, deadline)
-            except _ISOLATE as failure:
-                tried[k] = failure
+            tried[k] = await self._try(halves[k], priority, deadline)
 
         await _all([functools.partial(attempt, 0), functools.partial(attempt, 1)])
-        both_same = all(isinstance(t, APIStatusError) and _same(t, exc) for t in tried)
-        if both_same and same_levels >= 1:
-            return Outcome.failed(len(inputs), exc)
-        level = same_levels + 1 if both_same else 0
+        if all(isinstance(t, APIStatusError) and _same(t, exc) for t in tried):
+            if await probe.request_wide(lambda: self._request_wide(inputs, exc, priority)):
+                return Outcome.failed(len(inputs), exc)
+        elif all(isinstance(t, Outcome) and not t.errors for t in tried):
+            self._learn_cap(max(map(len, halves)))
         results: list[Outcome | None] = [None, None]
 
         async def settle(k: int) -> None:
@@ -260,12 +344,59 @@ class BatchRunner:
             elif len(halves[k]) == 1:
                 results[k] = Outcome.failed(1, t)
             else:
-                results[k] = await self._bisect(halves[k], t, priority, deadline, same_levels=level)
+                results[k] = await self._bisect(halves[k], t, priority, deadline, probe)
 
         await _all([functools.partial(settle, 0), functools.partial(settle, 1)])
         return Outcome.join(
             [(len(h), r) for h, r in zip(halves, results, strict=True) if r is not None]
         )
+
+    async def _request_wide(self, inputs: Batch, exc: APIStatusError, priority: int) -> bool:
+        """Whether ``exc`` concerns the request: an input known good fails the same way.
+
+        With no input known good yet (of this kind), the batch's first and last inputs
+        are tried alone: both failing the same way is taken as request-wide.
+        """
+        known = self._known_good
+        if known is not None and isinstance(known, str) == isinstance(inputs[0], str):
+            candidates: list[Any] = [known]
+        else:
+            candidates = [inputs[0], inputs[-1]]
+        for candidate in candidates:
+            outcome = await self._try([candidate], priority, None)
+            if not (isinstance(outcome, APIStatusError) and _same(outcome, exc)):
+                return False
+        return True
+
+    def _learn_cap(self, size: int) -> None:
+        if self.learned_cap is None or size < self.learned_cap:
+            self.learned_cap = size
+            logger.warning(
+                "the server refuses batches over %d inputs; sending at most %d from now on",
+                size,
+                size,
+            )
+
+
+class _Probe:
+    """Whether one bisection's error is request-wide, found once for all its branches."""
+
+    __slots__ = ("_done", "_result", "_started")
+
+    def __init__(self) -> None:
+        self._started = False
+        self._done = anyio.Event()
+        self._result = False
+
+    async def request_wide(self, check: Callable[[], Coroutine[Any, Any, bool]]) -> bool:
+        if not self._started:
+            self._started = True
+            try:
+                self._result = await check()
+            finally:
+                self._done.set()
+        await self._done.wait()
+        return self._result
 
 
 def _same(a: APIStatusError, b: APIStatusError) -> bool:

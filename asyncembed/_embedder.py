@@ -269,6 +269,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
             concurrency=self._scheduler.concurrency,
             max_concurrency=self._scheduler.max_concurrency,
             encoding_format=self._sender.encoding_format,
+            batch_cap=self._batches.learned_cap,
         )
 
     async def embed(self, text: str, *, timeout: float | None = None) -> Vector:

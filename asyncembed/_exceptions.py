@@ -24,6 +24,7 @@ Every exception the package raises derives from :class:`AsyncEmbedError`::
     ├── InvalidInputError               bad input at the call site (also a ValueError)
     │   └── InputTooLongError
     ├── BudgetExceededError             the Embedder's max_cost was reached
+    ├── PartialResultError              some inputs of embed_many()/stream() failed
     ├── StoreError                      a cache or job-state file is unusable (also a ValueError)
     └── EmbedderClosedError             the Embedder is closed (also a RuntimeError)
 
@@ -56,6 +57,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PaymentRequiredError",
+    "PartialResultError",
     "PermissionDeniedError",
     "ProtocolError",
     "ProviderOverloadedError",
@@ -115,6 +117,37 @@ class InputTooLongError(InvalidInputError):
 
 class BudgetExceededError(AsyncEmbedError):
     """``Limits.max_cost`` was reached: no new request is sent by this Embedder."""
+
+
+class PartialResultError(AsyncEmbedError):
+    """Some inputs of an ``embed_many()`` (or a ``stream()`` block) failed, others did not.
+
+    Raised once every batch has finished (each retried within its own budget), so that
+    nothing paid for is thrown away: retry only ``failed``. Its ``__cause__`` is the
+    first failure.
+
+    Attributes:
+        vectors: float32 matrix, shape ``(n, d)``, in input order (row ``p - start``
+            holds position ``p``); the rows of failed inputs are NaN.
+        failed: The positions of the inputs that failed, ascending (in a stream,
+            positions in the whole stream).
+        errors: The error of each failed position.
+        start: The position of the first input in the whole stream (0 for embed_many).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        vectors: Any,
+        errors: Mapping[int, BaseException],
+        start: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.vectors = vectors
+        self.errors: dict[int, BaseException] = dict(sorted(errors.items()))
+        self.failed: list[int] = list(self.errors)
+        self.start = start
 
 
 class EmbedderClosedError(AsyncEmbedError, RuntimeError):

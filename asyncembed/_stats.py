@@ -31,6 +31,8 @@ class Stats:
         concurrency: The current (adaptive) concurrency limit.
         max_concurrency: The configured concurrency limit.
         encoding_format: The encoding in use now ("float" after a base64 fallback).
+        batch_cap: The most inputs sent per request since the server refused a larger
+            batch (a learned size cap); ``None`` while no cap was seen.
     """
 
     requests: int = 0
@@ -52,6 +54,7 @@ class Stats:
     concurrency: int = 0
     max_concurrency: int = 0
     encoding_format: str = "base64"
+    batch_cap: int | None = None
 
     @property
     def mean_batch_size(self) -> float:
@@ -98,7 +101,7 @@ class Counters:
     cache_misses: int
     max_batch_size: int
 
-    def snapshot(self, **live: int | str) -> Stats:
+    def snapshot(self, **live: int | str | None) -> Stats:
         """Freeze the counters, plus the live gauges passed by the Embedder."""
         values = {name: getattr(self, name) for name in self.__slots__}
         return Stats(**values, **live)  # type: ignore[arg-type]

@@ -68,6 +68,9 @@ def is_loopback(url: str) -> bool:
 
 _ERROR_BODY_MAX = 64 * 1024
 """A 200 body longer than this holds vectors, not an echoed error."""
+_MIN_REDACTED = 8
+"""Keys shorter than this are not searched for: they cannot be told from ordinary text
+(``api_key="x"`` would blank every x of the body), and no real key is so short."""
 
 
 def _check_key(api_key: str) -> None:
@@ -198,7 +201,11 @@ class HTTPTransport:
         so it is not searched (that would cost a pass over megabytes per request).
         """
         key = self._key
-        if key is None or (status == 200 and len(body) > _ERROR_BODY_MAX):
+        if (
+            key is None
+            or len(key) < _MIN_REDACTED
+            or (status == 200 and len(body) > _ERROR_BODY_MAX)
+        ):
             return body
         return body.replace(key, b"[redacted]")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import asyncembed
-from asyncembed import Batching, BudgetExceededError, Embedder, Limits
+from asyncembed import Batching, BudgetExceededError, Embedder, Limits, PartialResultError
 from asyncembed._cli import main
 from asyncembed.testing import LocalServer, expected_vector
 
@@ -58,8 +58,14 @@ async def test_embed_many_stops_at_the_cap() -> None:
     corpus = texts(2_000)
     async with LocalServer(dimensions=DIMS, price_per_token=PRICE) as server:
         async with embedder(server) as client:
-            with pytest.raises(BudgetExceededError, match="max_cost"):
-                await client.embed_many(corpus)
+            with pytest.raises(PartialResultError) as info:
+                await client.embed_many(corpus)  # what was paid for is kept
+            kept = [i for i in range(len(corpus)) if i not in info.value.errors]
+            assert all(isinstance(e, BudgetExceededError) for e in info.value.errors.values())
+            assert len(kept) == server.stats.embedded
+            np.testing.assert_array_equal(
+                info.value.vectors[kept], [expected_vector(MODEL, corpus[i], DIMS) for i in kept]
+            )
             uncapped = sum(len(t) for t in corpus)  # far more than the cap would allow
             assert server.stats.cost < CAP * 2 < uncapped * PRICE / 4
             assert check_billed(server) > CAP / 2  # the budget was used, not refused early
@@ -93,9 +99,11 @@ async def test_stream_stops_at_the_cap() -> None:
     rows = 0
     async with LocalServer(dimensions=DIMS, price_per_token=PRICE) as server:
         async with embedder(server) as client:
-            with pytest.raises(BudgetExceededError):
+            with pytest.raises((BudgetExceededError, PartialResultError)) as info:
                 async for _start, block in client.stream(corpus):
                     rows += len(block)
+            if isinstance(info.value, PartialResultError):
+                assert all(isinstance(e, BudgetExceededError) for e in info.value.errors.values())
         check_billed(server)
         assert rows <= server.stats.embedded
 
@@ -103,8 +111,9 @@ async def test_stream_stops_at_the_cap() -> None:
 async def test_first_request_flies_alone_until_the_price_is_known() -> None:
     async with LocalServer(dimensions=DIMS, price_per_token=PRICE, latency=0.01) as server:
         async with embedder(server, cap=1e-9) as client:
-            with pytest.raises(BudgetExceededError):
+            with pytest.raises(PartialResultError) as info:
                 await client.embed_many(texts(1_000))
+            assert all(isinstance(e, BudgetExceededError) for e in info.value.errors.values())
         assert server.requests_count == 1 and server.max_concurrent == 1
 
 
@@ -113,7 +122,7 @@ async def test_a_request_that_cannot_fit_is_refused_before_it_is_sent() -> None:
         async with embedder(server, cap=0.01) as client:
             await client.embed("a short first text")  # learns the price
             with pytest.raises(BudgetExceededError, match="next request"):
-                await client.embed_many(["a much longer text " * 50] * BATCH)
+                await client.embed_many([f"a much longer text {i} " * 50 for i in range(BATCH)])
         assert server.requests_count == 1
 
 

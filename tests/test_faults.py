@@ -152,9 +152,10 @@ async def test_one_bad_input_among_255_good_ones_fails_alone() -> None:
 async def test_embed_many_names_the_bad_input() -> None:
     kw: dict[str, Any] = {"server_kw": {"reject_inputs": {"poison"}}}
     async with setup(**kw) as (_, embedder, _clock):
-        with pytest.raises(asyncembed.BadRequestError) as info:
+        with pytest.raises(asyncembed.PartialResultError) as info:
             await embedder.embed_many(["fine", "also fine", "poison", "ok"])
-        assert "(input 2)" in info.value.__notes__
+        assert info.value.failed == [2]
+        assert "(input 2)" in info.value.errors[2].__notes__
 
 
 async def test_payload_too_large_is_bisected() -> None:

@@ -33,8 +33,9 @@ async def test_handler_can_fail_one_input_and_the_batch_is_bisected() -> None:
 
     transport = MockTransport(handler)
     async with Embedder("m", transport=transport) as embedder:
-        with pytest.raises(asyncembed.BadRequestError, match="bad input"):
+        with pytest.raises(asyncembed.PartialResultError, match="bad input") as info:
             await embedder.embed_many(["ok", "poison", "fine", "good"])
+        assert info.value.failed == [1]
     assert [len(r["input"]) for r in transport.requests] == [4, 2, 2, 1, 1]
 
 

@@ -170,7 +170,27 @@ async def test_a_400_about_the_whole_request_is_not_bisected_to_the_end() -> Non
     async with Embedder(MODEL, transport=transport, batching=Batching(max_size=64)) as embedder:
         with pytest.raises(asyncembed.BadRequestError, match="dimensions not supported"):
             await embedder.embed_many([f"t{i}" for i in range(64)])
-    assert len(transport.requests) == 7  # the batch, its halves, their halves
+    # The batch, its halves, then its first and last inputs alone (no input known good).
+    assert len(transport.requests) == 5
+    assert [len(r["input"]) for r in transport.requests] == [64, 32, 32, 1, 1]
+
+
+async def test_a_request_wide_400_after_a_success_is_shown_by_a_known_good_input() -> None:
+    failing = False
+
+    def handler(request: dict[str, Any]) -> asyncembed.RawResponse:
+        if not failing:
+            return transport.answer(request)
+        return json_response({"error": {"code": 400, "message": "model is gone"}}, status=400)
+
+    transport = MockTransport(handler, dimensions=DIMS)
+    async with Embedder(MODEL, transport=transport, batching=Batching(max_size=64)) as embedder:
+        await embedder.embed("known good")
+        failing = True
+        with pytest.raises(asyncembed.BadRequestError, match="model is gone"):
+            await embedder.embed_many([f"t{i}" for i in range(64)])
+    assert [r["input"] for r in transport.requests[-1:]] == [["known good"]]
+    assert len(transport.requests) == 1 + 4  # the batch, its halves, the known good input
 
 
 async def test_two_bad_inputs_with_the_same_message_are_still_isolated() -> None:

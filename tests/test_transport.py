@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator, Callable
 
 import anyio
 import anyio.lowlevel
+import numpy as np
 import pytest
 
 import asyncembed
 from asyncembed import Embedder, Timeouts
 from asyncembed._embedder import resolve_api_key
 from asyncembed._transport import HTTPTransport, is_loopback
-from asyncembed.testing import LocalServer, no_backoff
+from asyncembed.testing import LocalServer, expected_vector, no_backoff
 
 pytestmark = pytest.mark.anyio
 
@@ -285,3 +286,10 @@ async def test_a_closed_caller_session_is_a_connection_error() -> None:
         transport = HTTPTransport(base_url=server.base_url, api_key=None, session=session)
         with pytest.raises(asyncembed.APIConnectionError, match="closed"):
             await transport.post(b'{"input": "x", "model": "m"}')
+
+
+async def test_a_short_placeholder_key_does_not_mangle_answers() -> None:
+    async with LocalServer(dimensions=4, api_key="x") as server:
+        async with Embedder("m", base_url=server.base_url, api_key="x") as embedder:
+            vector = await embedder.embed("text with x in it")
+    np.testing.assert_array_equal(vector, expected_vector("m", "text with x in it", 4))
