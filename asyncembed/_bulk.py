@@ -2,8 +2,9 @@
 
 :class:`BulkJob` follows the resume protocol of :mod:`asyncembed._store`: the output
 is written under a temporary name (see :mod:`asyncembed._writers`), made durable and
-recorded in the SQLite job state every ``checkpoint_every`` seconds (flush first, then
-record), and renamed into place only when complete.
+recorded in the SQLite job state as each block lands (or every ``checkpoint_every``
+seconds; flush first, then record), and renamed into place only when complete. A kill
+thus re-pays at most the blocks in flight.
 
 The output rule:
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import aclosing
@@ -40,7 +42,7 @@ from ._config import Batching
 from ._embedder import Embedder
 from ._exceptions import InvalidInputError
 from ._inputs import TokenEstimator
-from ._io import InputFileError, OutputFileError, RecordId
+from ._io import InputFileError, JobIOError, OutputFileError, RecordId
 from ._readers import Reader, open_reader
 from ._stats import Stats
 from ._store import JobIdentity, JobState
@@ -101,7 +103,8 @@ class BulkJob:
         validate: Read the whole input once before starting, so that a bad line is
             reported before any text is paid for. ``False`` only counts the records
             and lets the run stop at the first bad one.
-        checkpoint_every: Seconds between checkpoints (each one fsyncs the output).
+        checkpoint_every: Seconds between checkpoints (each one fsyncs the output); 0,
+            the default, records every block as it lands.
         endpoint: Where the vectors come from (an API root, or ``"local"``): part of
             the identity, so a resume against another endpoint is refused.
         batching: The Embedder's batching rules: when validating, over-long texts are
@@ -120,7 +123,7 @@ class BulkJob:
         id_field: str | None = None,
         state: str | os.PathLike[str] | None = None,
         validate: bool = True,
-        checkpoint_every: float = 2.0,
+        checkpoint_every: float = 0.0,
         endpoint: str | None = None,
         batching: Batching | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -356,6 +359,19 @@ class BulkJob:
         )
 
     async def _embed_all(self, embedder: Embedder, window: int | None) -> None:
+        try:
+            await self._embed_and_write(embedder, window)
+        except (OSError, sqlite3.Error) as exc:
+            raise self._io_error(exc) from None
+
+    def _io_error(self, exc: OSError | sqlite3.Error) -> JobIOError:
+        """One line naming the file that could not be written, and why."""
+        if isinstance(exc, sqlite3.Error):
+            return JobIOError(self.state_path or self.output, str(exc))
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return JobIOError(exc.filename or self.output, reason)
+
+    async def _embed_and_write(self, embedder: Embedder, window: int | None) -> None:
         assert self._reader is not None and self._writer is not None
         writer = self._writer
         last = self._clock()
@@ -411,10 +427,8 @@ class BulkJob:
                     try:
                         if writer.dim is not None:
                             self._checkpoint()
-                    except Exception:
-                        _log.warning(
-                            "could not save a checkpoint of %s", self.output, exc_info=True
-                        )
+                    except Exception as exc:  # one line: the run's own error says the rest
+                        _log.warning("could not save a checkpoint of %s: %s", self.output, exc)
                     writer.close()
         finally:
             if state is not None:

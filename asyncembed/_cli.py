@@ -41,9 +41,10 @@ from ._exceptions import (
     APIStatusError,
     BudgetExceededError,
     InvalidInputError,
+    PartialResultError,
     ProtocolError,
 )
-from ._io import InputFileError, MissingExtraError, OutputFileError
+from ._io import InputFileError, JobIOError, MissingExtraError, OutputFileError
 from ._progress import Progress
 from ._readers import open_reader
 from ._store import StoreError
@@ -55,7 +56,14 @@ __all__ = ["main"]
 LOCAL_DIMENSIONS = 384
 """The vector length of ``--local`` when ``--dimensions`` is not given."""
 
-_API_ERRORS = (APIStatusError, APIConnectionError, ProtocolError, BudgetExceededError, OSError)
+_API_ERRORS = (
+    APIStatusError,
+    APIConnectionError,
+    ProtocolError,
+    BudgetExceededError,
+    PartialResultError,
+    OSError,
+)
 _USER_ERRORS = (
     InputFileError,
     OutputFileError,
@@ -143,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--resume", metavar="STATE", help="SQLite job state file: makes the run resumable")
     add("--cache", metavar="PATH", help="SQLite embeddings cache shared across runs")
     add("--encoding", choices=("base64", "float"), default="base64", help="wire encoding")
-    add("--checkpoint-every", type=float, default=2.0, metavar="SECONDS", help=argparse.SUPPRESS)
+    add("--checkpoint-every", type=float, default=0.0, metavar="SECONDS", help=argparse.SUPPRESS)
     add("--query", metavar="TEXT", help="after writing (.npy), print the 3 nearest texts")
     add("--quiet", action="store_true", help="no progress display")
 
@@ -163,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         argv: The arguments after the program name (``None``: ``sys.argv[1:]``).
 
     Returns:
-        The exit code: 0 done, 1 API failure, 2 bad usage or input, 130 interrupted.
+        The exit code: 0 done, 1 API failure, 2 bad usage or input, 3 the output or
+        state could not be written (a full disk), 130 interrupted (143 on SIGTERM).
     """
     try:
         args = _parser().parse_args(argv)
@@ -185,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return 143
     except BaseException as exc:
         error = _root(exc)
+        if isinstance(error, JobIOError):
+            return _fail(error, 3)
         if isinstance(error, _API_ERRORS):
             return _fail(error, 1)
         if isinstance(error, (*_USER_ERRORS, _UsageError)):

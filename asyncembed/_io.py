@@ -76,6 +76,24 @@ class OutputFileError(AsyncEmbedError, ValueError):
         super().__init__(f"{self.path}: {message}")
 
 
+class JobIOError(AsyncEmbedError, OSError):
+    """Writing the output or recording progress failed (a full disk, an I/O error).
+
+    What was recorded stays consistent (the output is flushed before its rows are
+    recorded), so the same command resumes once the cause is fixed.
+
+    Attributes:
+        path: The file that could not be written.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{self.path}: cannot write ({reason}); fix that (free some space?), then run "
+            "the same command again to resume"
+        )
+
+
 class MissingExtraError(AsyncEmbedError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 

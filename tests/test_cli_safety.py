@@ -228,3 +228,33 @@ async def test_a_resume_against_another_endpoint_is_refused(
         assert await run([*argv, "--base-url", server.base_url]) == 2
         assert server.inputs_count == 0
     assert "endpoint 'local'" in one_error_line(capsys.readouterr().err)
+
+
+def _small_disk() -> None:
+    """In the child: files may not grow past 256 KiB, as on a nearly full disk (EFBIG)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+
+def test_a_full_disk_is_one_line_and_the_job_resumes_after(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    source = tmp_path / "in.txt"
+    source.write_text("".join(f"line {i} of the corpus\n" for i in range(2_000)))
+    out, state = tmp_path / "o.npy", tmp_path / "s.db"
+    argv = [sys.executable, "-m", "asyncembed", "embed", str(source), "-o", str(out)]
+    argv += ["--model", "test/model", "--local", "--quiet", "--resume", str(state)]
+    argv += ["--batch-size", "100"]
+    full = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_small_disk, check=False)
+    assert full.returncode == 3, full.stderr
+    err = one_error_line(full.stderr)
+    assert "o.npy" in err and "cannot write" in err and "run the same command again" in err
+    assert not out.exists()
+    again = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    reference = tmp_path / "ref.npy"
+    assert main([*argv[3:5], "-o", str(reference), *argv[7:11]]) == 0
+    assert out.read_bytes() == reference.read_bytes()
