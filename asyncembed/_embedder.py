@@ -327,7 +327,10 @@ class Embedder(anyio.AsyncContextManagerMixin):
             TypeError: not a list of str (or of int lists), or mixed.
             InvalidInputError: an empty list, or an item that is empty, only whitespace or
                 too long (token lists too: over ``Batching.max_input_tokens``).
-            BadRequestError: the server rejected an item (its index is in the notes).
+            PartialResultError: some items failed (the server rejected them, or their
+                batch ran out of retries) and others got vectors, which it carries.
+            BadRequestError: the server rejected an item and no item got a vector (its
+                index is in the notes); likewise any other error of every batch.
             APITimeoutError: ``timeout`` passed.
             ValueError: ``timeout`` is not a positive number.
             EmbedderClosedError, APIStatusError, APIConnectionError, ProtocolError.
