@@ -88,7 +88,7 @@ class Sender:
         self.encoding_format: EncodingFormat = encoding_format
         self._empty_base64 = 0  # empty base64 answers in a row (see EmptyData)
         self.width: int | None = options.dimensions
-        self._width_votes = 0 if options.dimensions is None else 2
+        self._width_votes: dict[int, int] = {}
         """The model's vector length: ``dimensions``, else that of the first answers.
 
         An answer of another length is a retryable :class:`ProtocolError`, never
@@ -96,23 +96,29 @@ class Sender:
         """
 
     def _check_width(self, width: int) -> None:
-        """One width per model: the first answers fix it; another is a ProtocolError.
+        """One width per model: ``dimensions``, or the first answers' width.
+
+        The first answer sets the width. Until a second answer agrees it is not fixed:
+        should another width gather two answers first, the lone first one was the odd
+        one out (a provider fallback answering first) and the width moves to it.
 
         Raises:
             ProtocolError: ``width`` is not the model's (retried, never delivered).
         """
-        if width == self.width:
-            self._width_votes += 1
-            return
+        votes = self._width_votes
+        votes[width] = votes.get(width, 0) + 1
         if self.width is None:
-            self.width, self._width_votes = width, 1
-            return
-        expected = self.width
-        if self._width_votes < 2 and self.options.dimensions is None:
-            # Only one answer ever gave the width: it may have been the odd one (a
-            # provider fallback answering first). Let the next answers decide afresh.
-            self.width, self._width_votes = None, 0
-        raise ProtocolError(f"expected {expected}-dimensional vectors, got {width}")
+            self.width = width
+        elif width != self.width:
+            if self.options.dimensions is not None or votes[self.width] >= 2 or votes[width] < 2:
+                raise ProtocolError(f"expected {self.width}-dimensional vectors, got {width}")
+            logger.warning(
+                "model %s: %d-dimensional answers outvote the first one (%d)",
+                self.options.model,
+                width,
+                self.width,
+            )
+            self.width = width
 
     def _use_float(self) -> None:
         if self.encoding_format != "float":

@@ -423,3 +423,58 @@ async def test_a_429_without_retry_after_pauses_everyone_for_the_backoff() -> No
         # The pause covers the same backoff for every other request, not just this one.
         assert embedder._scheduler.paused_until == pytest.approx(limited.arrived + backoff)
         assert embedder.stats.rate_limited == 1 and embedder.stats.retries == 1
+
+
+# -- compound faults (the rules in docs/guides/reliability.md) ---------------------------------
+
+
+async def test_vectors_of_another_width_are_never_delivered() -> None:
+    script = ["ok", "ok", "wrong_width", "wrong_width"]
+    async with setup(server_kw={"script": script}) as (server, embedder, _):
+        first = await embedder.embed("sets the width")
+        await embedder.embed("agrees: the width is fixed")
+        second = await embedder.embed("gets another width twice, then its own")
+        blocks = [b async for _, b in embedder.stream([f"s{i}" for i in range(30)])]
+    assert first.shape == second.shape == (DIMS,)
+    np.testing.assert_array_equal(second, want("gets another width twice, then its own"))
+    assert {b.shape[1] for b in blocks} == {DIMS}
+    assert server.stats.faults["wrong_width"] == 2
+
+
+async def test_a_short_answer_is_retried_and_is_no_reason_to_leave_base64() -> None:
+    async with setup(server_kw={"script": ["missing_item"]}) as (server, embedder, _):
+        matrix = await embedder.embed_many(["a", "b", "c"])
+        np.testing.assert_array_equal(matrix[2], want("c"))
+        assert [r.encoding_format for r in server.requests] == ["base64", "base64"]
+        assert embedder.stats.encoding_format == "base64"
+
+
+@pytest.mark.parametrize("as_date", [False, True], ids=["seconds", "http-date"])
+async def test_an_hour_long_retry_after_fails_its_caller_at_once_and_pauses_nobody(
+    as_date: bool,
+) -> None:
+    clock = FakeClock()
+    hour = Fault.status(429, retry_after=3600, retry_after_date=as_date)
+    async with LocalServer(dimensions=DIMS, script=[hour]) as server:
+        async with Embedder(MODEL, base_url=server.base_url, clock=clock) as embedder:
+            with pytest.raises(asyncembed.RateLimitError) as info:
+                await embedder.embed("told to wait an hour")
+            assert info.value.retry_after is not None and info.value.retry_after > 3000
+            start = clock.now()
+            np.testing.assert_array_equal(await embedder.embed("next"), want("next"))
+            assert clock.now() - start < 1.0 and embedder.stats.requests == 2
+
+
+async def test_a_caller_whose_deadline_ends_inside_a_pause_fails_at_once() -> None:
+    retry = Retry(attempts=3, timeout=60.0)
+    script = [Fault.rate_limit(retry_after=30.0)]
+    async with LocalServer(dimensions=DIMS, script=script) as server:
+        async with Embedder(MODEL, base_url=server.base_url, retry=retry) as e:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(e.embed, "waits out the 30 s pause")  # within its budget
+                await wait_until(lambda: e.stats.retries == 1)
+                with anyio.fail_after(2.0):  # it fails at once, not after 5 s
+                    with pytest.raises(asyncembed.RateLimitError, match="paused") as info:
+                        await e.embed("has only 5 s", timeout=5.0)
+                assert info.value.retry_after is not None and info.value.retry_after > 20
+                tg.cancel_scope.cancel()

@@ -30,6 +30,8 @@ FaultKind: TypeAlias = Literal[
     "slow",
     "base64_ignored",
     "nan",
+    "wrong_width",
+    "missing_item",
 ]
 # Type aliases are shared typing objects: the export test and help() read __doc__.
 FaultKind.__doc__ = """The kinds of :class:`Fault`.
@@ -46,6 +48,12 @@ FaultKind.__doc__ = """The kinds of :class:`Fault`.
 - ``slow``: the normal answer after an extra ``delay`` seconds.
 - ``base64_ignored``: float arrays even when base64 was asked for.
 - ``nan``: a non-finite value in the first vector (``null`` in JSON, NaN in base64).
+- ``wrong_width``: every vector one longer than the model's (a provider fallback).
+- ``missing_item``: the last item of ``data`` left out (a short answer).
+
+A 429 or 503 ``status`` fault can send its ``Retry-After`` as an HTTP date
+(``Fault.status(429, retry_after=3600, retry_after_date=True)``); a very long one is how
+a provider says "not this hour".
 """
 
 _KINDS: frozenset[str] = frozenset(get_args(FaultKind))
@@ -75,6 +83,7 @@ class Fault:
         delay: Extra seconds before answering, for ``slow``.
         availability: Add OpenRouter's ``error.availability`` object to the error body.
         message: The error message; ``None`` uses a standard one for the status.
+        retry_after_date: Send ``Retry-After`` as an HTTP date instead of seconds.
 
     Raises:
         ValueError: If a field is out of range or does not fit the kind.
@@ -86,6 +95,7 @@ class Fault:
     delay: float = 1.0
     availability: bool = False
     message: str | None = None
+    retry_after_date: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -107,6 +117,7 @@ class Fault:
         retry_after: float | None = None,
         availability: bool = False,
         message: str | None = None,
+        retry_after_date: bool = False,
     ) -> Fault:
         """An error response with status ``code`` and OpenRouter's JSON error envelope.
 
@@ -115,6 +126,7 @@ class Fault:
             retry_after: Seconds for the ``Retry-After`` header, or ``None`` for none.
             availability: Add an ``error.availability`` object.
             message: The error message; ``None`` uses a standard one.
+            retry_after_date: Send ``Retry-After`` as an HTTP date (whole seconds).
 
         Raises:
             ValueError: If ``code`` is not in 400..599.
@@ -125,6 +137,7 @@ class Fault:
             retry_after=retry_after,
             availability=availability,
             message=message,
+            retry_after_date=retry_after_date,
         )
 
     @classmethod

@@ -9,8 +9,10 @@ injects faults (scripted or random), and records what it received.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hmac
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType, TracebackType
@@ -33,7 +35,17 @@ _ENCODER = msgspec.json.Encoder()
 _PATHS = ("/api/v1/embeddings", "/v1/embeddings", "/embeddings")
 # Faults answered with a (possibly altered) embeddings body.
 _BODY_FAULTS = frozenset(
-    {"empty_data", "shuffled", "bad_index", "truncated", "slow", "base64_ignored", "nan"}
+    {
+        "empty_data",
+        "shuffled",
+        "bad_index",
+        "truncated",
+        "slow",
+        "base64_ignored",
+        "nan",
+        "wrong_width",
+        "missing_item",
+    }
 )
 _HTML_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -355,7 +367,10 @@ class LocalServer:
             return await self._embeddings(request, arrived, parsed, tokens, fault)
         if fault.kind == "status":
             headers = {}
-            if fault.retry_after is not None:
+            if fault.retry_after is not None and fault.retry_after_date:
+                when = self._clock() + fault.retry_after
+                headers["Retry-After"] = email.utils.formatdate(math.ceil(when), usegmt=True)
+            elif fault.retry_after is not None:
                 headers["Retry-After"] = _seconds(fault.retry_after)
             body = error_body(
                 fault.code,
@@ -403,7 +418,8 @@ class LocalServer:
         body = embeddings_body(
             parsed,
             response_id=f"embd-local-{self._ids:08d}",
-            dimensions=parsed.dimensions or self.dimensions_for(parsed.model),
+            dimensions=(parsed.dimensions or self.dimensions_for(parsed.model))
+            + (kind == "wrong_width"),
             base64=base64,
             empty=empty,
             fault=kind,

@@ -282,7 +282,8 @@ def embeddings_body(
         dimensions: The vector length.
         base64: Send base64 strings (raw little-endian float32) instead of float arrays.
         empty: Send ``data: []``.
-        fault: ``"nan"``, ``"shuffled"``, ``"bad_index"`` alter the data; others do not.
+        fault: ``"nan"``, ``"shuffled"``, ``"bad_index"``, ``"missing_item"`` alter the
+            data; others do not.
         tokens: ``usage.prompt_tokens`` and ``usage.total_tokens``.
         cost: ``usage.cost``.
         rng: The seeded RNG that shuffles the data.
@@ -320,4 +321,6 @@ def _items(
     elif fault == "bad_index":
         # A duplicate index, so the last one is missing (or out of range for one item).
         items[-1].index = items[0].index if n > 1 else 1
+    elif fault == "missing_item":
+        items.pop()
     return items
