@@ -151,7 +151,6 @@ class BatchRunner:
         # batches and the result are never all in memory at once.
         matrix: Matrix | None = None
         failed: dict[int, BaseException] = {}  # by position in `unique`
-        landed: list[tuple[int, int]] = []
 
         async def one(start: int, end: int) -> None:
             nonlocal matrix
@@ -164,23 +163,14 @@ class BatchRunner:
             vectors = outcome.vectors
             if vectors is None:
                 return
-            stale: list[tuple[int, int]] = []
             if len(spans) == 1 and not outcome.errors:
                 matrix = vectors
-            else:
-                if matrix is not None and matrix.shape[1] != vectors.shape[1]:
-                    # The model's width was decided afresh (a lone first answer was the
-                    # odd one, see Sender): what landed at the old width is resent.
-                    stale, landed[:] = list(landed), []
-                    matrix = None
-                if matrix is None:
-                    matrix = np.full((len(unique), vectors.shape[1]), np.nan, np.float32)
-                matrix[start:end] = vectors
-                for i in outcome.errors:
-                    matrix[start + i] = np.nan
-                landed.append((start, end))
-            for span in stale:
-                await one(*span)
+                return
+            if matrix is None:
+                matrix = np.full((len(unique), vectors.shape[1]), np.nan, np.float32)
+            matrix[start:end] = vectors  # one width per model: the Sender checked it
+            for i in outcome.errors:
+                matrix[start + i] = np.nan
 
         if len(spans) == 1:
             await one(*spans[0])  # one batch (every stream block): no task group needed
@@ -354,14 +344,14 @@ class BatchRunner:
     async def _request_wide(self, inputs: Batch, exc: APIStatusError, priority: int) -> bool:
         """Whether ``exc`` concerns the request: an input known good fails the same way.
 
-        With no input known good yet (of this kind), the batch's first and last inputs
-        are tried alone: both failing the same way is taken as request-wide.
+        With no input known good yet (of this kind), the batch's first, middle and last
+        inputs are tried alone: all three failing the same way is taken as request-wide.
         """
         known = self._known_good
         if known is not None and isinstance(known, str) == isinstance(inputs[0], str):
             candidates: list[Any] = [known]
         else:
-            candidates = [inputs[0], inputs[-1]]
+            candidates = [inputs[0], inputs[len(inputs) // 2], inputs[-1]]
         for candidate in candidates:
             outcome = await self._try([candidate], priority, None)
             if not (isinstance(outcome, APIStatusError) and _same(outcome, exc)):

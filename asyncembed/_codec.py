@@ -30,6 +30,7 @@ __all__ = [
     "Base64Unsupported",
     "Embeddings",
     "EmptyData",
+    "billed_usage",
     "decode_response",
     "decode_response_async",
     "encode_request",
@@ -58,7 +59,12 @@ class _LazyResponse(msgspec.Struct):
     error: ErrorDetail | None = None
 
 
+class _UsageOnly(msgspec.Struct):
+    usage: Usage | None = None
+
+
 _ENCODER = msgspec.json.Encoder()
+_USAGE_ONLY = msgspec.json.Decoder(_UsageOnly)
 _RESPONSE = msgspec.json.Decoder(EmbeddingResponse)
 _LAZY = msgspec.json.Decoder(_LazyResponse)
 _FLOAT_ROWS = msgspec.json.Decoder(list[list[float]])
@@ -163,6 +169,15 @@ async def decode_response_async(
     while (result := _step(steps)) is None:  # a small body is done in the first step
         await anyio.lowlevel.checkpoint()
     return result
+
+
+def billed_usage(content: bytes) -> Usage | None:
+    """The ``usage`` of a 200 that was refused (short, NaN, another width...): servers
+    bill such answers, so the spending cap must count them. ``None`` if it names none."""
+    try:
+        return _USAGE_ONLY.decode(content).usage
+    except msgspec.DecodeError:
+        return None
 
 
 def _step(steps: Generator[None, None, Embeddings]) -> Embeddings | None:

@@ -19,6 +19,7 @@ from ._codec import (
     Base64Unsupported,
     Embeddings,
     EmptyData,
+    billed_usage,
     decode_response_async,
     encode_request,
 )
@@ -30,7 +31,7 @@ from ._exceptions import (
     UnprocessableEntityError,
 )
 from ._inputs import TokenEstimator
-from ._models import EmbeddingRequest, ProviderPreferences
+from ._models import EmbeddingRequest, ProviderPreferences, Usage
 from ._retry import retrying
 from ._scheduler import LIVE, Scheduler
 from ._stats import Counters
@@ -88,37 +89,22 @@ class Sender:
         self.encoding_format: EncodingFormat = encoding_format
         self._empty_base64 = 0  # empty base64 answers in a row (see EmptyData)
         self.width: int | None = options.dimensions
-        self._width_votes: dict[int, int] = {}
-        """The model's vector length: ``dimensions``, else that of the first answers.
+        """The model's vector length: ``dimensions``, else that of the first good answer.
 
         An answer of another length is a retryable :class:`ProtocolError`, never
         delivered (a provider fallback can change it mid-run).
         """
 
     def _check_width(self, width: int) -> None:
-        """One width per model: ``dimensions``, or the first answers' width.
-
-        The first answer sets the width. Until a second answer agrees it is not fixed:
-        should another width gather two answers first, the lone first one was the odd
-        one out (a provider fallback answering first) and the width moves to it.
+        """One width per model: ``dimensions``, else the first good answer's.
 
         Raises:
             ProtocolError: ``width`` is not the model's (retried, never delivered).
         """
-        votes = self._width_votes
-        votes[width] = votes.get(width, 0) + 1
         if self.width is None:
             self.width = width
         elif width != self.width:
-            if self.options.dimensions is not None or votes[self.width] >= 2 or votes[width] < 2:
-                raise ProtocolError(f"expected {self.width}-dimensional vectors, got {width}")
-            logger.warning(
-                "model %s: %d-dimensional answers outvote the first one (%d)",
-                self.options.model,
-                width,
-                self.width,
-            )
-            self.width = width
+            raise ProtocolError(f"expected {self.width}-dimensional vectors, got {width}")
 
     def _use_float(self) -> None:
         if self.encoding_format != "float":
@@ -254,6 +240,11 @@ class Sender:
                 counters.rate_limited += 1
                 self._scheduler.on_rate_limited()
                 raise
+            except ProtocolError:
+                counters.errors += 1
+                if 200 <= raw.status < 300:
+                    self._bill(billed_usage(raw.content))  # refused, but paid for
+                raise
             except Exception:
                 counters.errors += 1
                 raise
@@ -261,14 +252,21 @@ class Sender:
         usage = result.usage
         counters.inputs += expected
         counters.max_batch_size = max(counters.max_batch_size, expected)
+        self._bill(usage)
+        if texts is not None:
+            self._estimator.calibrate(sum(map(len, texts)), usage.prompt_tokens)
+        return result
+
+    def _bill(self, usage: Usage | None) -> None:
+        """Count an answer's usage: in the stats and against the spending cap."""
+        if usage is None:
+            return
+        counters = self._counters
         counters.prompt_tokens += int(usage.prompt_tokens)
         counters.total_tokens += int(usage.total_tokens)
         if usage.cost is not None:
             counters.cost += usage.cost
         self._scheduler.bill(usage.cost, int(usage.prompt_tokens))
-        if texts is not None:
-            self._estimator.calibrate(sum(map(len, texts)), usage.prompt_tokens)
-        return result
 
 
 def _names_encoding(message: str) -> bool:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import asyncembed
-from asyncembed import Batching, BudgetExceededError, Embedder, Limits, PartialResultError
+from asyncembed import Batching, BudgetExceededError, Embedder, Limits, PartialResultError, Retry
 from asyncembed._cli import main
-from asyncembed.testing import LocalServer, expected_vector
+from asyncembed.testing import Faults, LocalServer, expected_vector
 
 MODEL = "test/embed-small"
 DIMS = 8
@@ -146,3 +146,19 @@ def test_cli_max_cost_must_be_a_number(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_budget_error_is_exported() -> None:
     assert asyncembed.BudgetExceededError is BudgetExceededError
+
+
+async def test_refused_answers_that_were_billed_count_against_the_cap() -> None:
+    faults = Faults(rates={"nan": 0.8}, seed=3)  # billed by the server, refused by us
+    async with LocalServer(dimensions=DIMS, price_per_token=PRICE, faults=faults) as server:
+        async with Embedder(
+            MODEL,
+            base_url=server.base_url,
+            batching=Batching(max_size=BATCH),
+            limits=Limits(max_concurrency=1, max_cost=CAP),
+            retry=Retry(attempts=10, initial_delay=0.0),
+        ) as client:
+            with pytest.raises((BudgetExceededError, PartialResultError)):
+                await client.embed_many(texts(2_000))
+        assert server.stats.cost <= CAP + max(r.tokens for r in server.requests) * PRICE
+        assert client.stats.cost == pytest.approx(server.stats.cost)

@@ -170,9 +170,9 @@ async def test_a_400_about_the_whole_request_is_not_bisected_to_the_end() -> Non
     async with Embedder(MODEL, transport=transport, batching=Batching(max_size=64)) as embedder:
         with pytest.raises(asyncembed.BadRequestError, match="dimensions not supported"):
             await embedder.embed_many([f"t{i}" for i in range(64)])
-    # The batch, its halves, then its first and last inputs alone (no input known good).
-    assert len(transport.requests) == 5
-    assert [len(r["input"]) for r in transport.requests] == [64, 32, 32, 1, 1]
+    # The batch, its halves, then its first, middle and last inputs alone (none known good).
+    assert len(transport.requests) == 6
+    assert [len(r["input"]) for r in transport.requests] == [64, 32, 32, 1, 1, 1]
 
 
 async def test_a_request_wide_400_after_a_success_is_shown_by_a_known_good_input() -> None:
