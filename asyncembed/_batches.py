@@ -252,15 +252,12 @@ class BatchRunner:
         return Outcome(matrix, errors)
 
     async def _isolating(self, inputs: Batch, priority: int, deadline: Deadline | None) -> Outcome:
-        cap = self.learned_cap
-        if cap is not None and len(inputs) > cap:
-            return await self._split(inputs, cap, priority, deadline)
-        try:
-            return await self._send(inputs, priority, deadline)
-        except _ISOLATE as exc:
-            if len(inputs) == 1:
-                return Outcome.failed(1, exc)
-            return await self._bisect(inputs, exc, priority, deadline, _Probe())
+        tried = await self._try(inputs, priority, deadline)
+        if isinstance(tried, Outcome):
+            return tried
+        if len(inputs) == 1:
+            return Outcome.failed(1, tried)
+        return await self._bisect(inputs, tried, priority, deadline, _Probe())
 
     async def _split(
         self, inputs: Batch, size: int, priority: int, deadline: Deadline | None
@@ -284,7 +281,7 @@ class BatchRunner:
     async def _try(
         self, inputs: Batch, priority: int, deadline: Deadline | None
     ) -> Outcome | APIStatusError:
-        """One part of a bisection: its outcome, or the error that splits it further."""
+        """A batch's outcome (split at the learned cap), or the error that splits it."""
         cap = self.learned_cap
         if cap is not None and len(inputs) > cap:
             return await self._split(inputs, cap, priority, deadline)

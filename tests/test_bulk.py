@@ -72,6 +72,17 @@ def client(server: LocalServer, **options: object) -> Embedder:
     return Embedder(MODEL, base_url=server.base_url, api_key="", **options)  # type: ignore[arg-type]
 
 
+def record_commits(job: BulkJob, commits: list[int]) -> None:
+    """Append the rows recorded at each checkpoint of ``job`` to ``commits``."""
+    checkpoint = job._checkpoint
+
+    def spy() -> None:
+        checkpoint()
+        commits.append(job.saved)
+
+    job._checkpoint = spy  # type: ignore[method-assign]
+
+
 @pytest.mark.anyio
 async def test_job_checkpoints_on_its_clock(tmp_path: Path) -> None:
     corpus(tmp_path / "c.txt", 100)
@@ -82,13 +93,7 @@ async def test_job_checkpoints_on_its_clock(tmp_path: Path) -> None:
             tmp_path / "c.txt", out, model=MODEL, state=state, clock=Steps(1.0), checkpoint_every=2
         )
         with job:
-            checkpoint = job._checkpoint
-
-            def spy() -> None:
-                checkpoint()
-                commits.append(job.saved)
-
-            job._checkpoint = spy  # type: ignore[method-assign]
+            record_commits(job, commits)
             async with client(server, batching=Batching(max_size=10)) as embedder:
                 result = await job.run(embedder)
     # The clock moves 1 s per reading and checkpoint_every is 2 s: every other block,
@@ -104,13 +109,7 @@ async def test_by_default_every_block_is_recorded_as_it_lands(tmp_path: Path) ->
     async with LocalServer(dimensions=DIMS) as server:
         job = BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", model=MODEL, state=tmp_path / "s.db")
         with job:
-            checkpoint = job._checkpoint
-
-            def spy() -> None:
-                checkpoint()
-                commits.append(job.saved)
-
-            job._checkpoint = spy  # type: ignore[method-assign]
+            record_commits(job, commits)
             async with client(server, batching=Batching(max_size=10)) as embedder:
                 await job.run(embedder)
     assert commits[:10] == list(range(10, 101, 10))
