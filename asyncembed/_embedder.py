@@ -167,9 +167,10 @@ class Embedder(anyio.AsyncContextManagerMixin):
         if app_title:
             headers["X-OpenRouter-Title"] = app_title
         self._owns_transport = transport is None
+        secret = resolve_api_key(api_key, self.base_url)
         self._transport: Transport = transport or HTTPTransport(
             base_url=self.base_url,
-            api_key=resolve_api_key(api_key, self.base_url),
+            api_key=secret,
             session=session,
             timeouts=timeouts or Timeouts(),
             headers=headers,
@@ -198,6 +199,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
             ),
             retry=self.retry,
             encoding_format=encoding_format,
+            secret=secret,
         )
         self._batches = BatchRunner(
             self._sender,

@@ -40,6 +40,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "APIConnectionError",
     "APIStatusError",
@@ -308,6 +310,25 @@ _HINTS = {
     ),
     402: " (out of credits: add credits or raise the key's limit; retrying will not help)",
 }
+
+
+def redact_secret(exc: BaseException, secret: str | None) -> BaseException:
+    """``exc`` with ``secret`` blanked out of its message and metadata, in place.
+
+    The transport blanks the raw bytes; this catches what only decoding reveals (a
+    JSON-escaped echo, an error inside a large 200). Keys under 8 characters are not
+    searched for: they cannot be told from ordinary text.
+    """
+    if not secret or len(secret) < 8:
+        return exc
+    mark = "[redacted]"
+    exc.args = tuple(a.replace(secret, mark) if isinstance(a, str) else a for a in exc.args)
+    if isinstance(exc, APIStatusError):
+        exc.message = exc.message.replace(secret, mark)
+        raw = msgspec.json.encode(exc.metadata)
+        if secret.encode() in raw:
+            exc.metadata = msgspec.json.decode(raw.replace(secret.encode(), mark.encode()))
+    return exc
 
 
 def error_for_status(

@@ -25,10 +25,12 @@ from ._codec import (
 )
 from ._config import Retry
 from ._exceptions import (
+    APIStatusError,
     BadRequestError,
     ProtocolError,
     RateLimitError,
     UnprocessableEntityError,
+    redact_secret,
 )
 from ._inputs import TokenEstimator
 from ._models import EmbeddingRequest, ProviderPreferences, Usage
@@ -78,6 +80,7 @@ class Sender:
         options: RequestOptions,
         retry: Retry,
         encoding_format: EncodingFormat,
+        secret: str | None = None,
     ) -> None:
         self._transport = transport
         self._scheduler = scheduler
@@ -87,6 +90,7 @@ class Sender:
         self.options = options
         self._retry = retry
         self.encoding_format: EncodingFormat = encoding_format
+        self._secret = secret  # the API key, blanked out of the server's error texts
         self._empty_base64 = 0  # empty base64 answers in a row (see EmptyData)
         self.width: int | None = options.dimensions
         """The model's vector length: ``dimensions``, else that of the first good answer.
@@ -205,14 +209,17 @@ class Sender:
             counters.requests += 1
             try:
                 raw = await self._transport.post(body)
-                result = await decode_response_async(
-                    raw.status,
-                    raw.headers,
-                    raw.content,
-                    expected=expected,
-                    encoding=encoding,
-                    dimensions=options.dimensions,
-                )
+                try:
+                    result = await decode_response_async(
+                        raw.status,
+                        raw.headers,
+                        raw.content,
+                        expected=expected,
+                        encoding=encoding,
+                        dimensions=options.dimensions,
+                    )
+                except (APIStatusError, ProtocolError) as exc:
+                    raise redact_secret(exc, self._secret)  # noqa: B904 - the same error
                 self._check_width(result.vectors.shape[1])
                 if encoding == "base64":
                     self._empty_base64 = 0

@@ -293,3 +293,20 @@ async def test_a_short_placeholder_key_does_not_mangle_answers() -> None:
         async with Embedder("m", base_url=server.base_url, api_key="x") as embedder:
             vector = await embedder.embed("text with x in it")
     np.testing.assert_array_equal(vector, expected_vector("m", "text with x in it", 4))
+
+
+async def test_a_json_escaped_echo_of_the_key_is_redacted_too() -> None:
+    escaped = KEY.replace("-", "\\u002d").encode()  # the same text once decoded
+
+    def echo(head: bytes) -> bytes:
+        body = b'{"error": {"code": 401, "message": "bad key ' + escaped + b'",'
+        body += b' "metadata": {"raw": "Bearer ' + escaped + b'"}}}'
+        length = str(len(body)).encode()
+        return b"HTTP/1.1 401 Unauthorized\r\nContent-Length: " + length + b"\r\n\r\n" + body
+
+    async with raw_server(echo) as url:
+        async with Embedder("m", base_url=url, api_key=KEY, retry=no_backoff(1)) as embedder:
+            with pytest.raises(asyncembed.AuthenticationError) as info:
+                await embedder.embed("x")
+    assert KEY not in chain(info.value) and "[redacted]" in str(info.value)
+    assert info.value.metadata == {"raw": "Bearer [redacted]"}
