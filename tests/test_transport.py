@@ -96,19 +96,29 @@ def chain(exc: BaseException) -> str:
 KEY = "sk-or-v1-0123456789abcdef"
 
 
-async def test_a_key_echoed_by_the_server_is_redacted() -> None:
-    def echo(head: bytes) -> bytes:
-        auth = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"auth"))
-        body = b'{"error": {"code": 401, "message": "bad header: ' + auth + b'"}}'
+async def error_401_from(answer: Callable[[bytes], bytes]) -> asyncembed.AuthenticationError:
+    """The error of one ``embed()`` against a server whose 401 body is ``answer(head)``."""
+
+    def reply(head: bytes) -> bytes:
+        body = answer(head)
         length = str(len(body)).encode()
         return b"HTTP/1.1 401 Unauthorized\r\nContent-Length: " + length + b"\r\n\r\n" + body
 
-    async with raw_server(echo) as url:
+    async with raw_server(reply) as url:
         async with Embedder("m", base_url=url, api_key=KEY, retry=no_backoff(1)) as embedder:
             with pytest.raises(asyncembed.AuthenticationError) as info:
                 await embedder.embed("x")
-    assert KEY not in chain(info.value)
-    assert "Bearer [redacted]" in str(info.value)
+    return info.value
+
+
+async def test_a_key_echoed_by_the_server_is_redacted() -> None:
+    def echo(head: bytes) -> bytes:
+        auth = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"auth"))
+        return b'{"error": {"code": 401, "message": "bad header: ' + auth + b'"}}'
+
+    error = await error_401_from(echo)
+    assert KEY not in chain(error)
+    assert "Bearer [redacted]" in str(error)
 
 
 async def test_a_malformed_reply_keeps_no_request_headers_reachable() -> None:
@@ -300,13 +310,8 @@ async def test_a_json_escaped_echo_of_the_key_is_redacted_too() -> None:
 
     def echo(head: bytes) -> bytes:
         body = b'{"error": {"code": 401, "message": "bad key ' + escaped + b'",'
-        body += b' "metadata": {"raw": "Bearer ' + escaped + b'"}}}'
-        length = str(len(body)).encode()
-        return b"HTTP/1.1 401 Unauthorized\r\nContent-Length: " + length + b"\r\n\r\n" + body
+        return body + b' "metadata": {"raw": "Bearer ' + escaped + b'"}}}'
 
-    async with raw_server(echo) as url:
-        async with Embedder("m", base_url=url, api_key=KEY, retry=no_backoff(1)) as embedder:
-            with pytest.raises(asyncembed.AuthenticationError) as info:
-                await embedder.embed("x")
-    assert KEY not in chain(info.value) and "[redacted]" in str(info.value)
-    assert info.value.metadata == {"raw": "Bearer [redacted]"}
+    error = await error_401_from(echo)
+    assert KEY not in chain(error) and "[redacted]" in str(error)
+    assert error.metadata == {"raw": "Bearer [redacted]"}
