@@ -315,9 +315,10 @@ _HINTS = {
 def redact_secret(exc: BaseException, secret: str | None) -> BaseException:
     """``exc`` with ``secret`` blanked out of its message and metadata, in place.
 
-    The transport blanks the raw bytes; this catches what only decoding reveals (a
-    JSON-escaped echo, an error inside a large 200). Keys under 8 characters are not
-    searched for: they cannot be told from ordinary text.
+    Servers echo the ``Authorization`` header in error texts, plainly or JSON-escaped:
+    the decoded message and metadata are where either surfaces. Keys under 8 characters
+    are not searched for: they cannot be told from ordinary text, and no real key is
+    so short.
     """
     if not secret or len(secret) < 8:
         return exc

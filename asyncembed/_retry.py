@@ -17,7 +17,7 @@ from ._clock import Clock
 from ._config import Retry
 from ._exceptions import APIConnectionError, APIStatusError, ProtocolError
 
-__all__ = ["is_retryable", "retrying"]
+__all__ = ["budget_end", "is_retryable", "retrying"]
 
 logger = logging.getLogger("asyncembed")
 
@@ -27,6 +27,19 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, APIStatusError | APIConnectionError | ProtocolError):
         return exc.retryable
     return False
+
+
+def budget_end(
+    policy: Retry,
+    created: float,
+    sent: float | None,
+    deadline: Callable[[], float | None] | None,
+) -> float:
+    """The latest time a request may still wait: its retry budget (from its first send,
+    else its creation) or its callers' deadline, whichever ends first."""
+    limit = (created if sent is None else sent) + policy.timeout
+    latest = deadline() if deadline is not None else None
+    return limit if latest is None else min(limit, latest)
 
 
 def retrying(
@@ -75,11 +88,7 @@ def retrying(
         if state.attempt_number >= policy.attempts:
             return True
         # Fail fast rather than sleep past the budget or past every caller's deadline.
-        sent = started()
-        limit = (created if sent is None else sent) + policy.timeout
-        latest = deadline() if deadline is not None else None
-        if latest is not None:
-            limit = min(limit, latest)
+        limit = budget_end(policy, created, started(), deadline)
         return clock.now() + (state.upcoming_sleep or 0.0) > limit
 
     def before_sleep(state: tenacity.RetryCallState) -> None:

@@ -34,7 +34,7 @@ from ._exceptions import (
 )
 from ._inputs import TokenEstimator
 from ._models import EmbeddingRequest, ProviderPreferences, Usage
-from ._retry import retrying
+from ._retry import budget_end, retrying
 from ._scheduler import LIVE, Scheduler
 from ._stats import Counters
 from ._transport import Transport
@@ -153,13 +153,11 @@ class Sender:
 
         first_sent: list[float] = []
         created = self._clock.now()
-        budget = self._retry.timeout
 
         def wait_limit() -> float:
             """The latest time this request may wait for a slot through a 429 pause."""
-            limit = (first_sent[0] if first_sent else created) + budget
-            latest = deadline() if deadline is not None else None
-            return limit if latest is None else min(limit, latest)
+            sent = first_sent[0] if first_sent else None
+            return budget_end(self._retry, created, sent, deadline)
 
         policy = retrying(
             self._retry,

@@ -66,13 +66,6 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-_ERROR_BODY_MAX = 64 * 1024
-"""A 200 body longer than this holds vectors, not an echoed error."""
-_MIN_REDACTED = 8
-"""Keys shorter than this are not searched for: they cannot be told from ordinary text
-(``api_key="x"`` would blank every x of the body), and no real key is so short."""
-
-
 def _check_key(api_key: str) -> None:
     for position, char in enumerate(api_key, 1):
         if not "!" <= char <= "~":
@@ -105,7 +98,6 @@ class HTTPTransport:
     __slots__ = (
         "_closed",
         "_headers",
-        "_key",
         "_owns_session",
         "_session",
         "_timeout",
@@ -141,7 +133,6 @@ class HTTPTransport:
         }
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._key = api_key.encode() if api_key else None
         self._session = session
         self._owns_session = session is None
         self._closed = False
@@ -178,7 +169,7 @@ class HTTPTransport:
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()
-                return RawResponse(resp.status, resp.headers, self._redact(resp.status, body))
+                return RawResponse(resp.status, resp.headers, body)
         except TimeoutError:
             error: Exception = APITimeoutError("request timed out")
         except aiohttp.ClientPayloadError as exc:
@@ -193,21 +184,6 @@ class HTTPTransport:
         # Raised outside the handler: aiohttp's exceptions carry the request's headers
         # (the key among them), so none may stay reachable as our error's __context__.
         raise error
-
-    def _redact(self, status: int, body: bytes) -> bytes:
-        """The body with our key blanked out, where a server might echo it in an error.
-
-        Error answers are small, and an error inside a 200 too; a large 200 is vectors,
-        so it is not searched (that would cost a pass over megabytes per request).
-        """
-        key = self._key
-        if (
-            key is None
-            or len(key) < _MIN_REDACTED
-            or (status == 200 and len(body) > _ERROR_BODY_MAX)
-        ):
-            return body
-        return body.replace(key, b"[redacted]")
 
     async def aclose(self) -> None:
         """Close the session if this transport created it; later posts are refused."""
