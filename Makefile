@@ -74,7 +74,9 @@ $(UV):
 
 # Rewrites both locks from pyproject.toml, every package at its newest allowed version
 # (`make lock LOCK_UPGRADE=` keeps the current pins wherever they still fit). One lock
-# for every platform and Python >= 3.11 (--universal), with hashes.
+# for every platform and Python >= 3.11 (--universal), with hashes. The lower-bound lock is
+# for Linux and Python 3.11 only: the lowest numpy has no wheels for newer Pythons, where the
+# integrations' test tools (langchain-tests) need numpy >= 2.1.
 LOCK_UPGRADE ?= --upgrade
 COMPILE = $(UV) pip compile pyproject.toml --universal --python-version 3.11 --quiet
 lock: $(UV)
@@ -83,7 +85,8 @@ lock: $(UV)
 		--custom-compile-command 'make lock' -o $(LOCK)
 	$(COMPILE) --resolution lowest-direct --extra parquet --no-deps --no-header --no-annotate \
 		-o $(TOOLS)/min-direct.txt
-	$(COMPILE) $(LOCK_UPGRADE) --extra dev --generate-hashes -c $(TOOLS)/min-direct.txt \
+	$(UV) pip compile pyproject.toml --python-version 3.11 --python-platform linux --quiet \
+		$(LOCK_UPGRADE) --extra dev --generate-hashes -c $(TOOLS)/min-direct.txt \
 		--custom-compile-command 'make lock' -o $(MIN_LOCK)
 
 # sdist and wheel into dist/ (the wheel built from the sdist, by the locked setuptools),
