@@ -43,7 +43,7 @@ async def setup(
 ) -> AsyncIterator[tuple[LocalServer, Embedder, FakeClock]]:
     clock = kw.pop("clock", None) or FakeClock()
     kw.setdefault("retry", no_backoff())
-    async with LocalServer(dimensions=DIMS, clock=clock.now, **(server_kw or {})) as server:
+    async with LocalServer(dimensions=DIMS, clock=clock, **(server_kw or {})) as server:
         async with Embedder(MODEL, base_url=server.base_url, clock=clock, **kw) as embedder:
             yield server, embedder, clock
 

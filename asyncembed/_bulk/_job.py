@@ -30,14 +30,14 @@ import dataclasses
 import logging
 import os
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import TypeAlias
 
 import anyio
 
+from .._clock import Clock, SystemClock
 from .._config import Batching
 from .._embedder import Embedder
 from .._exceptions import InputFileError, InvalidInputError, JobIOError, OutputFileError
@@ -110,7 +110,8 @@ class BulkJob:
             the identity, so a resume against another endpoint is refused.
         batching: The Embedder's batching rules: when validating, over-long texts are
             reported before any text is paid for (``None``: the defaults).
-        clock: Monotonic time source, in seconds.
+        clock: The :class:`~asyncembed.Clock` for the checkpoint cadence and the elapsed
+            time (``None``: the real clock); pass the Embedder's to drive both.
     """
 
     def __init__(
@@ -127,7 +128,7 @@ class BulkJob:
         checkpoint_every: float = 0.0,
         endpoint: str | None = None,
         batching: Batching | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every!r}")
@@ -142,7 +143,7 @@ class BulkJob:
         self.checkpoint_every = checkpoint_every
         self.endpoint = endpoint
         self._check_text = TokenEstimator(batching or Batching()).check_text
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._reader: Reader | None = None
         self._state: JobState | None = None
         self._writer: Writer | None = None
@@ -342,7 +343,7 @@ class BulkJob:
         if embedder.model != self.model:
             raise ValueError(f"the job is for model {self.model!r}, not {embedder.model!r}")
         self.open()
-        started = self._clock()
+        started = self._clock.now()
         first = self._done
         if not self._complete:
             try:
@@ -356,7 +357,7 @@ class BulkJob:
             embedded=self._done - first,
             resumed_from=self._resumed_from,
             already_finished=self._writer is None,
-            elapsed=self._clock() - started,
+            elapsed=self._clock.now() - started,
             stats=embedder.stats,
         )
 
@@ -376,7 +377,7 @@ class BulkJob:
     async def _embed_and_write(self, embedder: Embedder, window: int | None) -> None:
         assert self._reader is not None and self._writer is not None
         writer = self._writer
-        last = self._clock()
+        last = self._clock.now()
         records = self._reader.records(start=self._done)
         # stream() is an async generator: aclosing() cancels its batches if we stop early.
         stream = embedder.stream(records, window=window)
@@ -384,10 +385,10 @@ class BulkJob:
             async for ids, block in blocks:
                 writer.write(self._done, block, ids)
                 self._done += len(ids)
-                if self._state is not None and self._clock() - last >= self.checkpoint_every:
+                if self._state is not None and self._clock.now() - last >= self.checkpoint_every:
                     # fsync and SQLite block: keep the event loop (and the requests) going.
                     await anyio.to_thread.run_sync(self._checkpoint)
-                    last = self._clock()
+                    last = self._clock.now()
         if self._done != self._total:
             raise InputFileError(self.input, f"has {self._done} texts now, {self._total} before")
         if self._state is not None:
