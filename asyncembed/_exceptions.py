@@ -390,7 +390,7 @@ _BY_STATUS[524] = GatewayTimeoutError
 
 _HINTS = {
     401: (
-        " (check the API key: Embedder(api_key=...), or the CLI's --api-key-env NAME;"
+        " (check the API key: Embedder(api_key=...);"
         " $OPENROUTER_API_KEY is sent only to openrouter.ai)"
     ),
     402: " (out of credits: add credits or raise the key's limit; retrying will not help)",

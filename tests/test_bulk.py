@@ -23,6 +23,7 @@ from asyncembed import Batching, Embedder, Limits, PaymentRequiredError, Stats
 from asyncembed._bulk import BulkJob
 from asyncembed._bulk._progress import Progress, format_duration
 from asyncembed._cli import main
+from asyncembed._exceptions import JobMismatchError
 from asyncembed.testing import FakeClock, LocalServer, expected_vector
 
 MODEL = "test/model"
@@ -149,7 +150,7 @@ async def test_job_without_state_deletes_its_partial_output_on_failure(tmp_path:
     out = tmp_path / "o.jsonl"
     out.write_text("previous\n")
     async with LocalServer(dimensions=DIMS, script=["ok", "402"]) as server:
-        with BulkJob(tmp_path / "c.txt", out, model=MODEL) as job:
+        with BulkJob(tmp_path / "c.txt", out, model=MODEL, overwrite=True) as job:
             options = {"batching": Batching(max_size=10), "limits": Limits(max_concurrency=1)}
             async with client(server, **options) as embedder:
                 with pytest.raises(PaymentRequiredError):
@@ -364,3 +365,20 @@ async def test_one_fake_clock_drives_the_job_the_client_the_server_and_the_displ
     shown = {int(n) for n in re.findall(r"%\s+(\d+)/50", stream.getvalue())}
     assert {10, 20, 30, 40, 50} <= shown and all(n % 10 == 0 for n in shown)  # a step per batch
 
+
+def test_truncation_is_part_of_the_jobs_identity(tmp_path: Path) -> None:
+    corpus(tmp_path / "c.txt", 3)
+    args = {"model": MODEL, "state": tmp_path / "s.db"}
+    cut = Batching(truncate=True, max_input_tokens=100)
+    with BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", batching=cut, **args):  # type: ignore[arg-type]
+        pass
+    with pytest.raises(JobMismatchError, match="truncate_at 100 != None"):
+        BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", **args).open()  # type: ignore[arg-type]
+    # A state file written before the field existed still matches a job that does not cut.
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        (raw,) = conn.execute("SELECT identity FROM job").fetchone()
+        old = {k: v for k, v in json.loads(raw).items() if k != "truncate_at"}
+        conn.execute("UPDATE job SET identity = ?", (json.dumps(old),))
+    conn.close()
+    with BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", **args) as job:  # type: ignore[arg-type]
+        assert job.total == 3

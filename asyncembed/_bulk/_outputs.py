@@ -10,7 +10,7 @@ from ._files import Checkpoint, import_pyarrow
 from ._parquet import ParquetWriter
 from ._writers import JsonlWriter, NpyWriter, Writer
 
-__all__ = ["check_output", "open_writer"]
+__all__ = ["check_job_paths", "check_output", "open_writer"]
 
 _WRITERS: dict[str, type[Writer]] = {
     ".npy": NpyWriter,
@@ -50,6 +50,55 @@ def open_writer(
     if rows < 0 or (dim is not None and dim < 1):
         raise ValueError(f"rows must be >= 0 and dim >= 1, got rows={rows}, dim={dim}")
     return cls(p, rows=rows, dim=dim, resume=resume)
+
+
+def check_job_paths(
+    output: Path,
+    *,
+    input: Path,
+    state: Path | None,
+    id_field: str | None,
+    overwrite: bool,
+) -> type[Writer]:
+    """Check a job's output before any work (see :func:`check_output`); its writer class.
+
+    Args:
+        output: The final output.
+        input: The corpus file.
+        state: The job state file, or ``None``.
+        id_field: The field or column holding ids, or ``None``.
+        overwrite: Whether an existing output may be replaced.
+
+    Raises:
+        OutputFileError: What :func:`check_output` refuses; files that overlap (which
+            would destroy the input or the output); an id field for an output that
+            keeps no ids; an existing output, unless ``overwrite`` or ``state`` exists
+            (the job is being resumed: the state file then says whether it is this job).
+        MissingExtraError: ``.parquet`` without pyarrow installed.
+    """
+    cls = check_output(output)
+    resolved = output.resolve()
+    files = {"input": input.resolve(), "output": resolved, **cls.temporary_paths(resolved)}
+    if state is not None:
+        base = state.resolve()
+        for suffix in ("", "-wal", "-shm"):
+            files[f"state{suffix}"] = base.with_name(base.name + suffix)
+    seen: dict[Path, str] = {}
+    for role, path in files.items():
+        if path in seen:
+            raise OutputFileError(
+                output, f"the {role} and the {seen[path]} are the same file: {path}"
+            )
+        seen[path] = role
+    if id_field is not None and not cls.keeps_ids:
+        raise OutputFileError(
+            output,
+            f"a {output.suffix} output keeps vectors only, not the ids of {id_field!r}: "
+            "write .jsonl or .parquet to keep them, or name no id field",
+        )
+    if output.exists() and not (overwrite or (state is not None and state.exists())):
+        raise OutputFileError(output, "exists already (pass overwrite=True to replace it)")
+    return cls
 
 
 def check_output(path: str | os.PathLike[str]) -> type[Writer]:

@@ -85,6 +85,8 @@ class JobIdentity:
         id_field: The id field/column, or ``None``.
         endpoint: Where the vectors come from (an API root, ``"local"``), or ``None``:
             vectors of one model from two endpoints must not mix in one output.
+        truncate_at: The estimated token count over-long texts are cut to, or ``None``
+            when they are refused: two runs cutting differently must not mix.
     """
 
     input_path: str
@@ -97,6 +99,8 @@ class JobIdentity:
     field: str | None = None
     id_field: str | None = None
     endpoint: str | None = None
+    # None when not truncating, so state files written before this field still match.
+    truncate_at: int | None = None
 
     @classmethod
     def of(
@@ -110,6 +114,7 @@ class JobIdentity:
         field: str | None = None,
         id_field: str | None = None,
         endpoint: str | None = None,
+        truncate_at: int | None = None,
     ) -> JobIdentity:
         """Describe a job, reading the input file's size and fingerprint.
 
@@ -129,6 +134,7 @@ class JobIdentity:
             field=field,
             id_field=id_field,
             endpoint=endpoint,
+            truncate_at=truncate_at,
         )
 
 
