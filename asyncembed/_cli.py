@@ -35,7 +35,7 @@ import numpy as np
 
 from ._bulk import BulkJob, BulkResult, Progress, open_reader
 from ._config import Batching, Limits
-from ._embedder import Embedder, is_openrouter, resolve_base_url
+from ._embedder import Embedder
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -49,6 +49,7 @@ from ._exceptions import (
     ProtocolError,
     StoreError,
 )
+from ._transport import is_openrouter, resolve_base_url
 from ._version import __version__
 
 __all__ = ["main"]

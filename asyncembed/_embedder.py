@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 import msgspec
-from anyio.abc import TaskGroup
 
 from ._batch_runner import BatchRunner, Outcome
 from ._batcher import Batcher
@@ -29,36 +28,12 @@ from ._scheduler import BULK, LIVE, Scheduler
 from ._sender import Deadline, RequestOptions, Sender
 from ._stats import Counters, Stats
 from ._stream import stream_blocks
-from ._transport import HTTPTransport, Transport
+from ._transport import HTTPTransport, Transport, resolve_api_key, resolve_base_url
 from ._types import EncodingFormat, Input, Matrix, Vector
 
-__all__ = ["DEFAULT_BASE_URL", "Embedder", "is_openrouter", "resolve_api_key", "resolve_base_url"]
-
-DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+__all__ = ["Embedder"]
 
 K = TypeVar("K")
-
-
-def resolve_base_url(base_url: str | None) -> str:
-    """The API root in force: the argument, else ``$OPENROUTER_BASE_URL``, else OpenRouter's."""
-    return base_url or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
-
-
-def is_openrouter(base_url: str) -> bool:
-    """Whether ``base_url`` is OpenRouter's own API (https on ``openrouter.ai``)."""
-    parts = urlsplit(base_url)
-    return parts.scheme == "https" and parts.hostname == "openrouter.ai"
-
-
-def resolve_api_key(api_key: str | None, base_url: str) -> str | None:
-    """The key to send: the argument, else ``$OPENROUTER_API_KEY`` for OpenRouter only.
-
-    The environment's key is the user's OpenRouter key: another endpoint (a proxy, vLLM,
-    a third party) gets a key only when one is passed explicitly.
-    """
-    if api_key is not None:
-        return api_key
-    return os.environ.get("OPENROUTER_API_KEY") if is_openrouter(base_url) else None
 
 
 class _State(enum.Enum):
@@ -70,11 +45,19 @@ class _State(enum.Enum):
 class Embedder(anyio.AsyncContextManagerMixin):
     """An embeddings client that coalesces many small calls into few batched requests.
 
-    Use it as an async context manager; it owns a task group that sends the batches::
+    Create it anywhere; it starts on first use, in the event loop of that use, and
+    can then be used and closed from any task of that loop (like
+    ``aiohttp.ClientSession``)::
 
-        async with asyncembed.Embedder("openai/text-embedding-3-small") as embedder:
-            vector = await embedder.embed("hello")          # float32, shape (d,)
-            matrix = await embedder.embed_many(["a", "b"])  # float32, shape (2, d)
+        embedder = asyncembed.Embedder("openai/text-embedding-3-small")
+        vector = await embedder.embed("hello")          # float32, shape (d,)
+        matrix = await embedder.embed_many(["a", "b"])  # float32, shape (2, d)
+        await embedder.aclose()                         # e.g. in a shutdown hook
+
+    ``async with Embedder(...) as embedder:`` does the same and closes on exit; leaving
+    it on an exception cancels the requests in flight instead of waiting for them. An
+    Embedder garbage-collected after use without being closed emits a
+    ``ResourceWarning``.
 
     Args:
         model: The model id, e.g. ``"openai/text-embedding-3-small"``.
@@ -114,6 +97,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
     Raises:
         ValueError: an empty model, a bad ``encoding_format`` or ``dimensions``, or a
             key that would be sent over plain HTTP to another machine.
+
+    Every call raises :class:`EmbedderClosedError` once it is closed, and
+    ``RuntimeError`` from an event loop other than the one it started in.
     """
 
     def __init__(
@@ -212,7 +198,13 @@ class Embedder(anyio.AsyncContextManagerMixin):
             self.batching, self._estimator, self._clock, self._spawn, self._deliver, self._counters
         )
         self._state = _State.UNOPENED
-        self._tg: TaskGroup | None = None
+        # The loop of first use: aiohttp's session and our futures belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Background tasks (batch timers and sends) are plain asyncio tasks, kept here
+        # (the loop holds only weak references). No task group: a task group's cancel
+        # scope belongs to the task that entered it, and a web app's startup hook, its
+        # handlers and its shutdown hook are three different tasks.
+        self._background: set[asyncio.Task[None]] = set()
         self._tasks = 0  # background tasks and public calls in progress
         self._idle: asyncio.Future[None] | None = None
         self._closing: asyncio.Future[None] | None = None
@@ -230,36 +222,21 @@ class Embedder(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Embedder]:
         if self._state is not _State.UNOPENED:
-            raise EmbedderClosedError("an Embedder can be opened only once; create a new one")
-        failure: BaseException | None = None
+            raise EmbedderClosedError(
+                "an Embedder can be entered only once, before it is used; create a new one"
+            )
+        self._open()
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                self._state = _State.OPENED
-                try:
-                    yield self
-                except BaseException as exc:
-                    failure = exc
-                    # Leaving on an error or a cancellation: nothing more is sent, and
-                    # the requests in flight are cancelled (their callers get
-                    # EmbedderClosedError) instead of being waited for.
-                    self._state = _State.CLOSED
-                    self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
-                    tg.cancel_scope.cancel()
-                    raise
-                with anyio.CancelScope(shield=True):
-                    await self.aclose()
-        except BaseExceptionGroup as group:
-            # The task group wraps the caller's own exception; give it back as raised
-            # (our background tasks never fail: their errors go to the callers).
-            if failure is not None and group.subgroup(lambda e: e is failure) is not None:
-                raise failure from None
-            raise
-        finally:
-            self._tg = None
-            self._state = _State.CLOSED
+            yield self
+        except BaseException:
+            # Leaving on an error or a cancellation: nothing more is sent, and the
+            # requests in flight are cancelled (their callers get EmbedderClosedError)
+            # instead of being waited for.
             with anyio.CancelScope(shield=True):
-                await self._release()
+                await self._close(abort=True)
+            raise
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
 
     @property
     def stats(self) -> Stats:
@@ -272,6 +249,10 @@ class Embedder(anyio.AsyncContextManagerMixin):
             max_concurrency=self._scheduler.max_concurrency,
             encoding_format=self._sender.encoding_format,
             batch_cap=self._batches.learned_cap,
+            pending=self._batcher.waiting,
+            active=self._tasks,
+            paused_for=max(0.0, self._scheduler.paused_until - self._clock.now()),
+            chars_per_token=self._estimator.chars_per_token,
         )
 
     async def embed(self, text: str, *, timeout: float | None = None) -> Vector:
@@ -412,30 +393,58 @@ class Embedder(anyio.AsyncContextManagerMixin):
         with self._active():
             return await self._sender.request(input, priority=LIVE, encoding_format=encoding_format)
 
+    def flush(self) -> None:
+        """Send the texts queued for the next batch now, without waiting for ``max_wait``.
+
+        Does not wait for their vectors (their ``embed()`` calls do). A no-op when
+        nothing is queued or the Embedder is not open.
+        """
+        if self._state is _State.OPENED:
+            self._batcher.flush()
+
     async def aclose(self, *, cancel_pending: bool = False) -> None:
         """Send what is queued (or fail it), wait for requests in flight, close the session.
 
-        Idempotent. Called when leaving ``async with``.
+        Callable from any task of the Embedder's event loop; idempotent; concurrent
+        calls all return once it is closed. Called when leaving ``async with``. An
+        Embedder never used just releases what it holds (a cache opened from a path).
 
         Args:
             cancel_pending: Fail queued texts with :class:`EmbedderClosedError` instead
                 of sending them.
         """
+        await self._close(cancel_pending=cancel_pending)
+
+    async def _close(self, *, cancel_pending: bool = False, abort: bool = False) -> None:
+        """aclose(), or with ``abort`` (leaving ``async with`` on an error) also cancel
+        the requests in flight instead of waiting for them."""
         if self._closing is not None:
             await asyncio.shield(self._closing)  # another aclose() is at work: wait for it
             return
-        if self._state is not _State.OPENED:
+        if self._state is _State.CLOSED:
             return
+        opened = self._state is _State.OPENED
+        if opened:
+            self._check_open()  # the right event loop
         self._state = _State.CLOSED
-        self._closing = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._closing = loop.create_future()
         try:
-            if cancel_pending:
-                self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
-            else:
-                self._batcher.flush()
-            while self._tasks:
-                self._idle = asyncio.get_running_loop().create_future()
-                await self._idle
+            if opened:
+                if cancel_pending or abort:
+                    self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
+                else:
+                    self._batcher.flush()
+                if abort:
+                    # Their callers get EmbedderClosedError (the batcher sees the
+                    # cancellation); the tasks end at once.
+                    tasks = list(self._background)
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                while self._tasks:  # the batches in flight, and public calls winding down
+                    self._idle = loop.create_future()
+                    await self._idle
             await self._release()
         finally:
             self._closing.set_result(None)
@@ -451,13 +460,24 @@ class Embedder(anyio.AsyncContextManagerMixin):
 
     # -- internals -------------------------------------------------------------
 
+    def _open(self) -> None:
+        """Start on first use: bind to the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._state = _State.OPENED
+
     def _check_open(self) -> None:
-        if self._state is not _State.OPENED:
-            raise EmbedderClosedError(
-                "the Embedder is not open: use it inside `async with Embedder(...)`"
-                if self._state is _State.UNOPENED
-                else "the Embedder is closed"
-            )
+        """Start on first use; refuse once closed, or from another event loop."""
+        state = self._state
+        if state is _State.OPENED:
+            if asyncio.get_running_loop() is not self._loop:
+                raise RuntimeError(
+                    "this Embedder belongs to the event loop it was first used in; "
+                    "create one per event loop (or use asyncembed.SyncEmbedder from threads)"
+                )
+        elif state is _State.UNOPENED:
+            self._open()
+        else:
+            raise EmbedderClosedError("the Embedder is closed")
 
     @contextmanager
     def _active(self) -> Iterator[None]:
@@ -470,13 +490,17 @@ class Embedder(anyio.AsyncContextManagerMixin):
             self._task_done()
 
     def _spawn(self, job: Any) -> None:
-        assert self._tg is not None
+        assert self._loop is not None
         self._tasks += 1
-        self._tg.start_soon(self._run_task, job)
+        task = self._loop.create_task(self._run_task(job))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _run_task(self, job: Any) -> None:
         try:
             await job()
+        except asyncio.CancelledError:
+            pass  # _abort(): the callers were failed; nothing else awaits this task
         finally:
             self._task_done()
 

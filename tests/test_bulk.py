@@ -21,7 +21,7 @@ from asyncembed import Batching, Embedder, Limits, PaymentRequiredError, Stats
 from asyncembed._bulk import BulkJob
 from asyncembed._bulk._progress import Progress, format_duration
 from asyncembed._cli import main
-from asyncembed.testing import LocalServer, expected_vector
+from asyncembed.testing import LocalServer, expected_vector, wait_until
 
 MODEL = "test/model"
 DIMS = 8
@@ -129,6 +129,8 @@ async def test_failed_job_saves_its_progress_and_resumes(tmp_path: Path) -> None
         assert job.saved == recorded_rows(state) == 30  # saved on the way out
         assert not out.exists() and out.with_name("o.jsonl.partial").exists()
 
+        # The next block's request, cancelled by the client, may still be on the server.
+        await wait_until(lambda: server.stats.in_flight == 0)
         server.reset_stats()
         with BulkJob(tmp_path / "c.txt", out, model=MODEL, state=state) as job:
             assert job.done == job.resumed_from == 30
