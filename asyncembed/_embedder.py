@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import os
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
@@ -23,6 +22,7 @@ from ._codec import Embeddings
 from ._config import Batching, Limits, Retry, Timeouts
 from ._exceptions import APITimeoutError, EmbedderClosedError
 from ._inputs import TokenEstimator, check_many, check_tokens
+from ._lifecycle import Lifecycle, State
 from ._models import ProviderPreferences
 from ._scheduler import BULK, LIVE, Scheduler
 from ._sender import Deadline, RequestOptions, Sender
@@ -34,12 +34,6 @@ from ._types import EncodingFormat, Input, Matrix, Vector
 __all__ = ["Embedder"]
 
 K = TypeVar("K")
-
-
-class _State(enum.Enum):
-    UNOPENED = 1
-    OPENED = 2
-    CLOSED = 3
 
 
 class Embedder(anyio.AsyncContextManagerMixin):
@@ -194,38 +188,34 @@ class Embedder(anyio.AsyncContextManagerMixin):
             counters=self._counters,
             cache=self.cache,
         )
+        self._life = Lifecycle()
         self._batcher = Batcher(
-            self.batching, self._estimator, self._clock, self._spawn, self._deliver, self._counters
+            self.batching,
+            self._estimator,
+            self._clock,
+            self._life.spawn,
+            self._deliver,
+            self._counters,
         )
-        self._state = _State.UNOPENED
-        # The loop of first use: aiohttp's session and our futures belong to it.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Background tasks (batch timers and sends) are plain asyncio tasks, kept here
-        # (the loop holds only weak references). No task group: a task group's cancel
-        # scope belongs to the task that entered it, and a web app's startup hook, its
-        # handlers and its shutdown hook are three different tasks.
-        self._background: set[asyncio.Task[None]] = set()
-        self._tasks = 0  # background tasks and public calls in progress
-        self._idle: asyncio.Future[None] | None = None
-        self._closing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return (
-            f"<Embedder model={self.model!r} state={self._state.name} "
+            f"<Embedder model={self.model!r} state={self._life.state.name} "
             f"in_flight={self._scheduler.in_flight} queued={self._batcher.queued}>"
         )
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        if getattr(self, "_state", None) is _State.OPENED:
+        life = getattr(self, "_life", None)
+        if life is not None and life.state is State.OPENED:
             _warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Embedder]:
-        if self._state is not _State.UNOPENED:
+        if self._life.state is not State.UNOPENED:
             raise EmbedderClosedError(
                 "an Embedder can be entered only once, before it is used; create a new one"
             )
-        self._open()
+        self._life.open()
         try:
             yield self
         except BaseException:
@@ -250,7 +240,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
             encoding_format=self._sender.encoding_format,
             batch_cap=self._batches.learned_cap,
             pending=self._batcher.waiting,
-            active=self._tasks,
+            active=self._life.work,
             paused_for=max(0.0, self._scheduler.paused_until - self._clock.now()),
             chars_per_token=self._estimator.chars_per_token,
         )
@@ -275,7 +265,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
             EmbedderClosedError: the Embedder is not open.
             APIStatusError, APIConnectionError, ProtocolError: the request failed.
         """
-        self._check_open()
+        self._life.check_open()
         text = self._estimator.check_text(text)
         _check_timeout(timeout)
         if timeout is None:
@@ -318,11 +308,11 @@ class Embedder(anyio.AsyncContextManagerMixin):
             ValueError: ``timeout`` is not a positive number.
             EmbedderClosedError, APIStatusError, APIConnectionError, ProtocolError.
         """
-        self._check_open()
+        self._life.check_open()
         items = check_many(texts, self._estimator)
         _check_timeout(timeout)
         at = None if timeout is None else self._clock.now() + timeout
-        with self._active(), anyio.move_on_after(timeout):
+        with self._life.active(), anyio.move_on_after(timeout):
             return await self._batches.embed_all(items, priority=BULK, deadline=lambda: at)
         raise APITimeoutError(f"embed_many() did not finish within {timeout} s")
 
@@ -354,7 +344,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
                 for InvalidInputError, in ``index``).
             The errors of :meth:`embed_many`.
         """
-        self._check_open()
+        self._life.check_open()
         return stream_blocks(
             items,
             embed_chunk=self._embed_block,
@@ -383,14 +373,14 @@ class Embedder(anyio.AsyncContextManagerMixin):
                 ``Batching.max_input_tokens`` (:class:`InputTooLongError`).
             APIStatusError, APIConnectionError, ProtocolError: the request failed.
         """
-        self._check_open()
+        self._life.check_open()
         if isinstance(input, str):
             input = self._estimator.check_text(input)
         elif isinstance(input, list) and input and isinstance(input[0], int):
             input = check_tokens(input, max_tokens=self._estimator.max_input_tokens)
         else:
             input = check_many(input, self._estimator)
-        with self._active():
+        with self._life.active():
             return await self._sender.request(input, priority=LIVE, encoding_format=encoding_format)
 
     def flush(self) -> None:
@@ -399,7 +389,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         Does not wait for their vectors (their ``embed()`` calls do). A no-op when
         nothing is queued or the Embedder is not open.
         """
-        if self._state is _State.OPENED:
+        if self._life.state is State.OPENED:
             self._batcher.flush()
 
     async def aclose(self, *, cancel_pending: bool = False) -> None:
@@ -418,36 +408,22 @@ class Embedder(anyio.AsyncContextManagerMixin):
     async def _close(self, *, cancel_pending: bool = False, abort: bool = False) -> None:
         """aclose(), or with ``abort`` (leaving ``async with`` on an error) also cancel
         the requests in flight instead of waiting for them."""
-        if self._closing is not None:
-            await asyncio.shield(self._closing)  # another aclose() is at work: wait for it
+        life = self._life
+        opened = life.state is State.OPENED
+        if not await life.begin_close():
             return
-        if self._state is _State.CLOSED:
-            return
-        opened = self._state is _State.OPENED
-        if opened:
-            self._check_open()  # the right event loop
-        self._state = _State.CLOSED
-        loop = asyncio.get_running_loop()
-        self._closing = loop.create_future()
         try:
             if opened:
                 if cancel_pending or abort:
                     self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
                 else:
                     self._batcher.flush()
-                if abort:
-                    # Their callers get EmbedderClosedError (the batcher sees the
-                    # cancellation); the tasks end at once.
-                    tasks = list(self._background)
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                while self._tasks:  # the batches in flight, and public calls winding down
-                    self._idle = loop.create_future()
-                    await self._idle
+                # Aborting, the batch tasks are cancelled: their callers get
+                # EmbedderClosedError (the batcher sees the cancellation).
+                await life.drain(cancel=abort)
             await self._release()
         finally:
-            self._closing.set_result(None)
+            life.end_close()
 
     async def _release(self) -> None:
         """Close what this Embedder created (idempotent)."""
@@ -460,61 +436,12 @@ class Embedder(anyio.AsyncContextManagerMixin):
 
     # -- internals -------------------------------------------------------------
 
-    def _open(self) -> None:
-        """Start on first use: bind to the running event loop."""
-        self._loop = asyncio.get_running_loop()
-        self._state = _State.OPENED
-
-    def _check_open(self) -> None:
-        """Start on first use; refuse once closed, or from another event loop."""
-        state = self._state
-        if state is _State.OPENED:
-            if asyncio.get_running_loop() is not self._loop:
-                raise RuntimeError(
-                    "this Embedder belongs to the event loop it was first used in; "
-                    "create one per event loop (or use asyncembed.SyncEmbedder from threads)"
-                )
-        elif state is _State.UNOPENED:
-            self._open()
-        else:
-            raise EmbedderClosedError("the Embedder is closed")
-
-    @contextmanager
-    def _active(self) -> Iterator[None]:
-        """Count a call in progress, so aclose() waits for it (and refuse once closed)."""
-        self._check_open()
-        self._tasks += 1
-        try:
-            yield
-        finally:
-            self._task_done()
-
-    def _spawn(self, job: Any) -> None:
-        assert self._loop is not None
-        self._tasks += 1
-        task = self._loop.create_task(self._run_task(job))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _run_task(self, job: Any) -> None:
-        try:
-            await job()
-        except asyncio.CancelledError:
-            pass  # _abort(): the callers were failed; nothing else awaits this task
-        finally:
-            self._task_done()
-
-    def _task_done(self) -> None:
-        self._tasks -= 1
-        if not self._tasks and self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)  # wake aclose()
-
     async def _deliver(self, texts: list[str], deadline: Deadline) -> Outcome:
         return await self._batches.run(texts, priority=LIVE, deadline=deadline)
 
     async def _embed_block(self, texts: list[str], start: int) -> Matrix:
         # A stream's batches: refused once the Embedder is closed, waited for by aclose().
-        with self._active():
+        with self._life.active():
             return await self._batches.embed_all(texts, priority=BULK, offset=start)
 
 
