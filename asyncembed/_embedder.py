@@ -1,4 +1,8 @@
-"""The public face: :class:`Embedder` wires batcher, scheduler, sender and transport."""
+"""The public face: :class:`Embedder` wires batcher, scheduler, sender and transport.
+
+Over 400 lines for a reason: it is the API reference of the main class (about half of
+the lines are its docstrings); the machinery lives in the modules it wires together.
+"""
 
 from __future__ import annotations
 
