@@ -47,7 +47,7 @@ from ._cli_args import (
     warnings_on_stderr,
 )
 from ._config import Batching, Limits
-from ._embedder import Embedder, is_openrouter, resolve_base_url
+from ._embedder import Embedder
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -61,6 +61,7 @@ from ._exceptions import (
     ProtocolError,
     StoreError,
 )
+from ._transport import is_openrouter, resolve_base_url
 
 __all__ = ["CLI_TERMS", "LOCAL_DIMENSIONS", "LOCAL_MODELS", "cli_terms", "main"]
 
