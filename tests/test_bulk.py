@@ -24,7 +24,7 @@ from asyncembed._bulk import BulkJob
 from asyncembed._bulk._progress import Progress, format_duration
 from asyncembed._cli import main
 from asyncembed._exceptions import JobMismatchError
-from asyncembed.testing import FakeClock, LocalServer, expected_vector
+from asyncembed.testing import FakeClock, LocalServer, MockTransport, expected_vector
 
 MODEL = "test/model"
 DIMS = 8
@@ -368,12 +368,14 @@ async def test_one_fake_clock_drives_the_job_the_client_the_server_and_the_displ
     assert {10, 20, 30, 40, 50} <= shown and all(n % 10 == 0 for n in shown)  # a step per batch
 
 
-def test_truncation_is_part_of_the_jobs_identity(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_truncation_is_part_of_the_jobs_identity(tmp_path: Path) -> None:
     corpus(tmp_path / "c.txt", 3)
     args = {"model": MODEL, "state": tmp_path / "s.db"}
     cut = Batching(truncate=True, max_input_tokens=100)
-    with BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", batching=cut, **args):  # type: ignore[arg-type]
-        pass
+    with BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", batching=cut, **args) as job:  # type: ignore[arg-type]
+        async with Embedder(MODEL, transport=MockTransport(dimensions=DIMS)) as embedder:
+            await job.run(embedder)  # progress recorded: the job is not replaced below
     with pytest.raises(JobMismatchError, match="truncate_at 100 != None"):
         BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", **args).open()  # type: ignore[arg-type]
     # A state file written before the field existed still matches a job that does not cut.

@@ -184,19 +184,27 @@ class JobState:
     def begin(self, identity: JobIdentity) -> Checkpoint:
         """Start the job, or resume it if this file already records the same job.
 
+        A recorded job without a single row saved (a first run that failed at once, say
+        on a wrong option) is replaced: there is nothing of it to keep.
+
         Returns:
             The last recorded checkpoint (``rows == 0`` for a new job).
 
         Raises:
-            JobMismatchError: The file records a different job; the message lists the
-                fields that differ.
+            JobMismatchError: The file records a different job with progress; the
+                message lists the fields that differ.
         """
         encoded = msgspec.json.encode(dataclasses.asdict(identity)).decode()
         with self._lock, self._conn:
-            row = self._conn.execute("SELECT identity FROM job").fetchone()
+            row = self._conn.execute("SELECT identity, rows_done, finished FROM job").fetchone()
             if row is None:
                 self._conn.execute(
                     "INSERT INTO job (singleton, identity, updated_at) VALUES (0, ?, ?)",
+                    (encoded, time.time()),
+                )
+            elif row[1] == 0 and not row[2]:
+                self._conn.execute(
+                    "UPDATE job SET identity = ?, dim = NULL, byte_offset = 0, updated_at = ?",
                     (encoded, time.time()),
                 )
             else:
