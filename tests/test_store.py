@@ -158,9 +158,9 @@ RUNNER = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    from asyncembed._bulk._readers import open_reader
+    from asyncembed._bulk._formats import open_reader
     from asyncembed._bulk._state import JobIdentity, JobState
-    from asyncembed._bulk._outputs import open_writer
+    from asyncembed._bulk._formats import open_writer
 
     corpus, out, state_path, kill_at, when = sys.argv[1:6]
     kill_at = int(kill_at)

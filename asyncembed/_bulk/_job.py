@@ -47,8 +47,8 @@ from .._inputs import TokenEstimator
 from .._stats import Stats
 from .._types import Matrix
 from ._files import RecordId
-from ._outputs import check_job_paths, check_output, open_writer
-from ._readers import Reader, open_reader
+from ._formats import check_job_paths, check_output, open_reader, open_writer
+from ._readers import Reader
 from ._state import JobIdentity, JobState
 from ._writers import Writer
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from .._types import Vector
-from ._readers import open_reader
+from ._formats import open_reader
 
 __all__ = ["nearest_rows", "texts_at"]
 

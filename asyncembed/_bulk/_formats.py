@@ -1,16 +1,62 @@
-"""Which writer writes which output: the suffix decides, and the path is checked first."""
+"""Which reader reads an input and which writer writes an output: the suffix decides."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .._exceptions import OutputFileError
+from .._exceptions import InputFileError, OutputFileError
 from ._files import Checkpoint, import_pyarrow
-from ._parquet import ParquetWriter
+from ._parquet import ParquetReader, ParquetWriter
+from ._readers import CsvReader, FieldReader, JsonlReader, Reader, TxtReader
 from ._writers import JsonlWriter, NpyWriter, Writer
 
-__all__ = ["check_job_paths", "check_output", "open_writer"]
+__all__ = ["check_job_paths", "check_output", "open_reader", "open_writer"]
+
+_READERS: dict[str, type[FieldReader]] = {
+    ".jsonl": JsonlReader,
+    ".ndjson": JsonlReader,
+    ".csv": CsvReader,
+    ".parquet": ParquetReader,
+}
+
+
+def open_reader(
+    path: str | os.PathLike[str], *, field: str | None = None, id_field: str | None = None
+) -> Reader:
+    """Open a corpus file with the reader its suffix names.
+
+    Args:
+        path: A ``.txt``, ``.jsonl`` (or ``.ndjson``), ``.csv`` or ``.parquet`` file.
+        field: The JSON field or column holding the text; ``None`` means ``"text"``.
+            Not allowed for ``.txt``.
+        id_field: The JSON field or column holding each record's id; ``None`` means
+            0-based line/row numbers. Not allowed for ``.txt``.
+
+    Returns:
+        A :class:`Reader`, not yet reading: iterate it or call ``records(start)``.
+
+    Raises:
+        InputFileError: Unknown suffix, missing file, options that do not apply to the
+            format, or (CSV, Parquet) a named column that does not exist.
+        MissingExtraError: A ``.parquet`` file without pyarrow installed.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".txt":
+        if field is not None or id_field is not None:
+            raise InputFileError(
+                p, "a field or id field does not apply to .txt (one text per line)"
+            )
+        return TxtReader(p)
+    cls = _READERS.get(suffix)
+    if cls is None:
+        known = ".txt, " + ", ".join(_READERS)
+        raise InputFileError(
+            p, f"unknown input format {suffix or '(no suffix)'!r} (expected {known})"
+        )
+    return cls(p, field="text" if field is None else field, id_field=id_field)
+
 
 _WRITERS: dict[str, type[Writer]] = {
     ".npy": NpyWriter,
