@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -264,14 +265,18 @@ class RedisLimiter(Limiter):
             -1 if limits.max_cost is None else limits.max_cost,
             self.lease,
         )
+        asked = time.monotonic()
         reply = await self._call("reserve", self._keys, args)
+        # The wait counts from when the script ran, which is close to when it was sent:
+        # time spent before this task saw the answer (a busy loop) is already waited.
+        late = time.monotonic() - asked
         verdict = reply[0]
         if verdict == "exceeded":
             estimate = float(reply[2])
             raise budget_exceeded(
                 float(reply[1]), limits.max_cost or 0.0, estimate if estimate >= 0 else None
             )
-        wait, paused = float(reply[1]), float(reply[2])
+        wait, paused = max(0.0, float(reply[1]) - late), max(0.0, float(reply[2]) - late)
         if verdict == "ok":
             lease = reply[4] or None
             return Reservation(

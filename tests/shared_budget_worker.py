@@ -47,12 +47,15 @@ async def main(config: dict[str, Any]) -> dict[str, Any]:
         async with embedder:
             await asyncio.to_thread(_ready)
             if config["mode"] == "create":
-                results = await asyncio.gather(
-                    *(embedder.create([text]) for text in texts), return_exceptions=True
-                )
-                for result in results:
-                    if isinstance(result, BaseException):
-                        errors[type(result).__name__] += 1
+                # Every text at once; with a duration, what is still waiting then is dropped.
+                tasks = [asyncio.ensure_future(embedder.create([text])) for text in texts]
+                done, pending = await asyncio.wait(tasks, timeout=config.get("duration"))
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                for task in done:
+                    if task.exception() is not None:
+                        errors[type(task.exception()).__name__] += 1
                     else:
                         ok += 1
             else:

@@ -2,13 +2,16 @@
 
 Four worker processes (``shared_budget_worker.py``) each get a pickled RedisLimiter
 and send to one LocalServer (in a thread of this process), which records when each
-request arrived. Time is scaled down: ``requests_per_minute=3000`` spaces requests
-20 ms apart, so 1.2 s stands for "the first minute" of ``requests_per_minute=60``
-(60 requests). Slack: GCRA lets the request that opens a window count on top of the
-limit, and delivery jitter (a worker descheduled for a few slots of 20 ms on this busy
-machine) can bunch up to three more; we allow ``SLACK`` = 4 requests (7%); measured
-60-62. Without sharing, each process would send its 40 at once and 160 would land in the
-first "minute" (checked by giving each worker its own key).
+request arrived. Time is scaled down 20 times: ``requests_per_minute=1200`` spaces
+requests 50 ms apart, so 3 s stand for "the first minute" of ``requests_per_minute=60``
+(60 requests), and each worker, which wants 40, gives up what it has not sent after 1.5
+such minutes. Slack (``SLACK``): GCRA lets the request that opens a window count on top
+of the limit, and delivery jitter bunches more: a request sent ``JITTER`` late lands in
+the next window with the ones on time. Allowing 0.2 s of jitter (a worker, or the
+server's thread that stamps arrivals, descheduled on this busy 2-core machine) at 50 ms
+apart gives 1 + 4 = 5 requests (8%); measured 60-63. Without sharing, each process would
+send its 40 at once and 160 would land in the first "minute" (checked by giving each
+worker its own key).
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ MODEL = "test/embed"
 DIMS = 8
 PROCESSES = 4
 EACH = 40
-SCALED_RPM = 3000  # 20 ms apart: 60 requests in 1.2 s, a scaled "minute" of rpm=60
+SCALED_RPM = 1200  # 50 ms apart: 60 requests in 3 s, a scaled "minute" of rpm=60
 MINUTE = 60 * 60 / SCALED_RPM
-SLACK = 4
+RUN = 1.5 * MINUTE  # each worker's time limit: 160 wanted, about 90 sent
+JITTER = 0.2
+SLACK = 1 + round(JITTER / (MINUTE / 60))
 
 
 @pytest.fixture(scope="module")
@@ -158,34 +163,37 @@ def test_four_processes_share_requests_per_minute(redis: RedisServer, workers: W
     limiter = fresh_limiter(redis)
     limits = {"requests_per_minute": SCALED_RPM}
     with serving() as server:
-        lines = workers.run(
-            [job(server, limiter, f"w{k}", limits=limits) for k in range(PROCESSES)]
-        )
+        jobs = [
+            job(server, limiter, f"w{k}", limits=limits, duration=RUN) for k in range(PROCESSES)
+        ]
+        lines = workers.run(jobs)
         stamps = sorted(r.arrived for r in server.requests)
-    assert [line["ok"] for line in lines] == [EACH] * PROCESSES
-    assert len(stamps) == PROCESSES * EACH
+    assert sum(line["ok"] for line in lines) == len(stamps) < PROCESSES * EACH
+    assert all(line["ok"] for line in lines)  # every worker had its turn
     first_minute = sum(1 for t in stamps if t < stamps[0] + MINUTE)
     busiest = most_in_any_window(stamps, [1] * len(stamps), MINUTE)
-    assert first_minute <= 60 + SLACK, first_minute
+    assert 60 - SLACK <= first_minute <= 60 + SLACK, first_minute  # used, not exceeded
     assert busiest <= 60 + SLACK, busiest
-    # The whole run is paced: 160 requests 20 ms apart take about 3.2 s.
-    assert stamps[-1] - stamps[0] >= (len(stamps) - 1 - SLACK) * MINUTE / 60
 
 
 def test_four_processes_share_tokens_per_minute(redis: RedisServer, workers: Workers) -> None:
     limiter = fresh_limiter(redis)
-    # 400-character texts are 100 tokens; 300k tokens/min is 6,000 tokens in 1.2 s.
-    limits = {"tokens_per_minute": 300_000}
+    # 400-character texts are 100 tokens; 120k tokens/min is 6,000 tokens in 3 s.
+    limits = {"tokens_per_minute": 120_000}
     with serving() as server:
-        jobs = [job(server, limiter, f"w{k}", length=400, limits=limits) for k in range(PROCESSES)]
+        jobs = [
+            job(server, limiter, f"w{k}", length=400, limits=limits, duration=RUN)
+            for k in range(PROCESSES)
+        ]
         lines = workers.run(jobs)
         records = sorted(server.requests, key=lambda r: r.arrived)
-    assert [line["ok"] for line in lines] == [EACH] * PROCESSES
+    assert sum(line["ok"] for line in lines) == len(records) < PROCESSES * EACH
     assert {r.tokens for r in records} == {100}
     stamps = [r.arrived for r in records]
+    first_minute = sum(r.tokens for r in records if r.arrived < stamps[0] + MINUTE)
     busiest = most_in_any_window(stamps, [r.tokens for r in records], MINUTE)
+    assert 6_000 - SLACK * 100 <= first_minute <= 6_000 + SLACK * 100, first_minute
     assert busiest <= 6_000 + SLACK * 100, busiest
-    assert stamps[-1] - stamps[0] >= (len(stamps) - 1 - SLACK) * MINUTE / 60
 
 
 def test_a_429_to_one_process_pauses_all_four(redis: RedisServer, workers: Workers) -> None:
