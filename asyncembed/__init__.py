@@ -34,6 +34,9 @@ from ._exceptions import RequestTimeoutError as RequestTimeoutError
 from ._exceptions import ServiceUnavailableError as ServiceUnavailableError
 from ._exceptions import StoreError as StoreError
 from ._exceptions import UnprocessableEntityError as UnprocessableEntityError
+from ._limiter import Limiter as Limiter
+from ._limiter import LimiterUnavailableError as LimiterUnavailableError
+from ._limiter import Reservation as Reservation
 from ._models import EmbeddingRequest as EmbeddingRequest
 from ._models import EmbeddingResponse as EmbeddingResponse
 from ._models import MaxPrice as MaxPrice
@@ -41,6 +44,7 @@ from ._models import Percentiles as Percentiles
 from ._models import ProviderPreferences as ProviderPreferences
 from ._models import ProviderSort as ProviderSort
 from ._models import Usage as Usage
+from ._redis_limiter import RedisLimiter as RedisLimiter
 from ._stats import Stats as Stats
 from ._transport import RawResponse as RawResponse
 from ._transport import Transport as Transport
@@ -67,6 +71,8 @@ __all__ = [
     "InputTooLongError",
     "InternalServerError",
     "InvalidInputError",
+    "Limiter",
+    "LimiterUnavailableError",
     "Limits",
     "MaxPrice",
     "MissingExtraError",
@@ -82,7 +88,9 @@ __all__ = [
     "ProviderSort",
     "RateLimitError",
     "RawResponse",
+    "RedisLimiter",
     "RequestTimeoutError",
+    "Reservation",
     "Retry",
     "ServiceUnavailableError",
     "Stats",

@@ -18,6 +18,7 @@ EXPECTED = {
     "loop_stalls",
     "decode",
     "memory",
+    "shared_budget",
 }
 
 

@@ -48,8 +48,8 @@ KEY = "sk-or-v1-docs-dummy-key"
 RUN, NORUN = "python", "py-norun"
 NOT_RUN = {NORUN, "console", "bash", "sh", "text", "yaml", "toml", "json", "ini", ""}
 MAX_NORUN = 8
-# Owned by the benchmarks engineer: linked from the docs, may land after them.
-OPTIONAL_PAGES = {"benchmarks.md"}
+# Owned by the benchmarks engineer and the Ray helper: linked from the docs, may land after them.
+OPTIONAL_PAGES = {"benchmarks.md", "ray-data.md"}
 
 _FENCE = re.compile(r"^(```+|~~~+)\s*([^\s`]*)")
 
