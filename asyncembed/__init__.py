@@ -31,6 +31,9 @@ from ._exceptions import RateLimitError as RateLimitError
 from ._exceptions import RequestTimeoutError as RequestTimeoutError
 from ._exceptions import ServiceUnavailableError as ServiceUnavailableError
 from ._exceptions import UnprocessableEntityError as UnprocessableEntityError
+from ._limiter import Limiter as Limiter
+from ._limiter import LimiterUnavailableError as LimiterUnavailableError
+from ._limiter import Reservation as Reservation
 from ._models import EmbeddingRequest as EmbeddingRequest
 from ._models import EmbeddingResponse as EmbeddingResponse
 from ._models import MaxPrice as MaxPrice
@@ -38,6 +41,7 @@ from ._models import Percentiles as Percentiles
 from ._models import ProviderPreferences as ProviderPreferences
 from ._models import ProviderSort as ProviderSort
 from ._models import Usage as Usage
+from ._redis_limiter import RedisLimiter as RedisLimiter
 from ._stats import Stats as Stats
 from ._store import Cache as Cache
 from ._store import StoreError as StoreError
@@ -66,6 +70,8 @@ __all__ = [
     "InputTooLongError",
     "InternalServerError",
     "InvalidInputError",
+    "Limiter",
+    "LimiterUnavailableError",
     "Limits",
     "MaxPrice",
     "NotFoundError",
@@ -80,7 +86,9 @@ __all__ = [
     "ProviderSort",
     "RateLimitError",
     "RawResponse",
+    "RedisLimiter",
     "RequestTimeoutError",
+    "Reservation",
     "Retry",
     "ServiceUnavailableError",
     "Stats",

@@ -23,6 +23,7 @@ from ._codec import Embeddings
 from ._config import Batching, Limits, Retry, Timeouts
 from ._exceptions import APITimeoutError, EmbedderClosedError
 from ._inputs import TokenEstimator, check_many, check_tokens
+from ._limiter import Limiter
 from ._models import ProviderPreferences
 from ._scheduler import BULK, LIVE, Scheduler
 from ._sender import Deadline, RequestOptions, Sender
@@ -106,6 +107,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
             the same model and dimensions are answered from it, never paid twice.
             A path opened here is closed with the Embedder.
         clock: Time source (tests pass :class:`asyncembed.testing.FakeClock`).
+        limiter: Where the RPM/TPM windows, the 429 pause and the spend live, to share
+            them with other Embedders, e.g. :class:`RedisLimiter` for every worker on
+            one key. Default: in this Embedder only.
 
     Attributes:
         model, dimensions, base_url, batching, limits, retry, cache: The settings in
@@ -138,6 +142,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         allow_insecure: bool = False,
         cache: Cache | str | os.PathLike[str] | None = None,
         clock: Clock | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         if not isinstance(model, str) or not model:
             raise ValueError("model must be a non-empty string")
@@ -183,7 +188,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
         self._clock = clock or SystemClock()
         self._counters = Counters()
         self._estimator = TokenEstimator(self.batching)
-        self._scheduler = Scheduler(self.limits, self._clock)
+        self._scheduler = Scheduler(self.limits, self._clock, limiter)
         self._sender = Sender(
             transport=self._transport,
             scheduler=self._scheduler,

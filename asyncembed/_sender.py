@@ -35,7 +35,7 @@ from ._exceptions import (
 from ._inputs import TokenEstimator
 from ._models import EmbeddingRequest, ProviderPreferences, Usage
 from ._retry import budget_end, retrying
-from ._scheduler import LIVE, Scheduler
+from ._scheduler import LIVE, Scheduler, Slot
 from ._stats import Counters
 from ._transport import Transport
 from ._types import EncodingFormat, Input
@@ -189,7 +189,7 @@ class Sender:
         tokens = self._estimator.total(texts) if texts is not None else _token_count(inputs)
         counters = self._counters
         options = self.options
-        async with self._scheduler.slot(tokens, priority, wait_limit):
+        async with self._scheduler.slot(tokens, priority, wait_limit) as slot:
             if not first_sent:
                 first_sent.append(self._clock.now())
             encoding = forced or self.encoding_format
@@ -248,21 +248,21 @@ class Sender:
             except ProtocolError:
                 counters.errors += 1
                 if 200 <= raw.status < 300:
-                    self._bill(billed_usage(raw.content))  # refused, but paid for
+                    self._bill(billed_usage(raw.content), slot)  # refused, but paid for
                 raise
             except Exception:
                 counters.errors += 1
                 raise
+            usage = result.usage
+            self._bill(usage, slot)  # within the slot: the spend is settled with its release
         self._scheduler.on_success()
-        usage = result.usage
         counters.inputs += expected
         counters.max_batch_size = max(counters.max_batch_size, expected)
-        self._bill(usage)
         if texts is not None:
             self._estimator.calibrate(sum(map(len, texts)), usage.prompt_tokens)
         return result
 
-    def _bill(self, usage: Usage | None) -> None:
+    def _bill(self, usage: Usage | None, slot: Slot) -> None:
         """Count an answer's usage: in the stats and against the spending cap."""
         if usage is None:
             return
@@ -271,7 +271,7 @@ class Sender:
         counters.total_tokens += int(usage.total_tokens)
         if usage.cost is not None:
             counters.cost += usage.cost
-        self._scheduler.bill(usage.cost, int(usage.prompt_tokens))
+        slot.bill(usage.cost, int(usage.prompt_tokens))
 
 
 def _names_encoding(message: str) -> bool:
