@@ -22,7 +22,16 @@ def discover() -> dict[str, ModuleType]:
     return {module.NAME: module for module in modules}
 
 
-ORDER = ["coalesce", "bulk", "latency_hiding", "added_latency", "loop_stalls", "decode", "memory"]
+ORDER = [
+    "coalescers",
+    "coalesce",
+    "bulk",
+    "latency_hiding",
+    "added_latency",
+    "loop_stalls",
+    "decode",
+    "memory",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

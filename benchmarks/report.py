@@ -16,7 +16,8 @@ DOC = ROOT / "docs" / "benchmarks.md"
 INTRO = """\
 # Benchmarks
 
-How fast asyncembed is, measured against the official `openai` client, a bare aiohttp
+How fast asyncembed is, measured against the other coalescers (aiodataloader, batchlet,
+and the floor of what asyncio allows), the official `openai` client, a bare aiohttp
 client that sends pre-formed batches (the *ceiling* a batching client can approach), and
 the other ways of decoding a response. Every figure stands beside a baseline measured in
 the same run, on the same machine, because only the ratios carry over to other machines.
@@ -39,6 +40,29 @@ the same run, on the same machine, because only the ratios carry over to other m
   from the fastest round, CPU from the cheapest), the per-round values are in
   `results/*.json`. *Server CPU* is the server process's CPU time across the whole peer run
   (warm-up included), per text.
+- **No sockets, for the machinery alone.** `coalescers` gives every library the same
+  batch work (a pre-built base64 body of n x 1536 vectors, decoded with msgspec and one
+  `np.frombuffer`) behind its own single-item call, 10,000 callers each in its own task:
+  aiodataloader 0.4.3 (`DataLoader(max_batch_size=256, cache=False)`, built inside the
+  running loop), batchlet 0.1.0 (`AsyncBatcher`, 256 items, 5 ms, 16 batches in flight,
+  `max_pending_items` raised above the 1,024 default, past which `submit` raises
+  `QueueFull`), and asyncembed `embed()` with its defaults and a `Transport` that returns
+  the body. The *floor* is no library: the tasks await plain futures set 256 at a time
+  after the same decode. A fresh process per library, loop and run, runs interleaved;
+  medians of 3 runs of 7 rounds each. Its behaviour table is measured too, not claimed:
+  one caller cancelled while its batch is in flight, a text asked twice at once, and the
+  most batches in flight with 24 batches' worth of callers.
+- **uvloop.** `coalescers` runs every library on asyncio's own loop and on uvloop, and
+  `coalesce` runs asyncembed and the ceiling on both. asyncembed supports uvloop (the
+  test suite passes on it; `tests/test_uvloop.py` runs on it every time).
+- **The openai client at its best.** `coalesce` runs it with 16, 64 and 256 calls in
+  flight and compares with the best of the three: with all of them in flight at once it
+  saturates (a few hundred texts/s), which would flatter asyncembed about fourfold.
+- **One OpenBLAS thread.** Peer and server processes run with `OPENBLAS_NUM_THREADS=1`:
+  numpy starts OpenBLAS worker threads at import, and after each BLAS call they spin for
+  a while before sleeping. `time.process_time()` counts every thread of the process, so
+  that idle spin is counted as client CPU (a few µs per text) though no client code
+  runs. No benchmarked path needs BLAS.
 - **Memory.** Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of the peer process.
 - **Texts** are distinct short sentences (~40 characters, ~10 tokens), different in every
   round, so neither de-duplication nor a cache helps.
@@ -59,23 +83,24 @@ the same run, on the same machine, because only the ratios carry over to other m
   `repr` (~20 characters per value, about 1.6x OpenAI's 10 decimals), so float figures
   over the server are pessimistic; `decode` builds OpenAI-like bodies itself.
 - **openai runs fewer calls** (1,000 instead of 10,000 per round) in `coalesce`, and
-  `latency_hiding` gives the one-request-per-text clients fewer texts: at a few hundred
-  requests/s the full count would take minutes, and past ~1,000 calls in flight the openai
-  client's default 5 s connect timeout fires while the CPU is saturated. All figures are
-  per text.
+  `latency_hiding` gives the one-request-per-text clients fewer texts: at about a
+  thousand requests/s the full count would take minutes, and past ~1,000 calls in flight
+  the openai client's default 5 s connect timeout fires while the CPU is saturated. All
+  figures are per text.
 - **N concurrent callers cost something by themselves.** The `coalesce` table includes a
   peer that does nothing but `asyncio.gather` N coroutines awaiting futures resolved 256 at
   a time: any client answering N concurrent `await`s pays this, the raw ceiling (which
   sends pre-formed batches) does not.
-- **numpy and OpenBLAS.** The benchmarks run under whatever environment they are started
-  in; nothing here changes `OPENBLAS_*` variables (numpy's BLAS is not on these paths).
+- **The peers' vectors are views.** In `coalescers` the peers' batch functions hand out
+  the rows of the decoded matrix (a kept vector keeps its whole batch alive); asyncembed
+  gives every caller a vector of its own and checks every body, work the others skip.
 
 ## Reproduce
 
 ```sh
 make bench                               # installs .[dev,bench], runs python -m benchmarks
 .venv/bin/python -m benchmarks           # all, ~6-8 minutes on 2 cores; writes results/
-.venv/bin/python -m benchmarks coalesce decode   # some
+.venv/bin/python -m benchmarks coalescers coalesce   # some
 .venv/bin/python -m benchmarks --quick   # smoke run, small sizes, ~25 s, writes nothing
 .venv/bin/python -m benchmarks --json    # one JSON line per benchmark
 .venv/bin/python -m benchmarks.profile embed     # cProfile of the client, top functions
