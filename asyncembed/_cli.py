@@ -1,7 +1,7 @@
 """The ``asyncembed`` command: ``embed`` a corpus file, ``serve`` the local server, ``bench``.
 
 A thin adapter: it parses options, builds an :class:`~asyncembed.Embedder`, and hands
-the work to :class:`~asyncembed._bulk.BulkJob` and :class:`~asyncembed._progress.Progress`.
+the work to :class:`~asyncembed._bulk.BulkJob` and :class:`~asyncembed._bulk.Progress`.
 
 Exit codes: 0 done; 1 the API failed; 2 bad usage or input (one ``asyncembed: error:``
 line on stderr, never a traceback); 130 interrupted (Ctrl-C), progress saved when
@@ -33,23 +33,23 @@ from typing import Any
 import anyio
 import numpy as np
 
-from ._bulk import BulkJob, BulkResult
+from ._bulk import BulkJob, BulkResult, Progress, open_reader
 from ._config import Batching, Limits
 from ._embedder import Embedder, is_openrouter, resolve_base_url
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
     BudgetExceededError,
+    InputFileError,
     InvalidInputError,
+    JobIOError,
+    MissingExtraError,
+    OutputFileError,
     PartialResultError,
     ProtocolError,
+    StoreError,
 )
-from ._io import InputFileError, JobIOError, MissingExtraError, OutputFileError
-from ._progress import Progress
-from ._readers import open_reader
-from ._store import StoreError
 from ._version import __version__
-from .testing import LocalServer, add_serve_arguments, run_serve
 
 __all__ = ["main"]
 
@@ -124,7 +124,8 @@ def _add_client_arguments(p: argparse.ArgumentParser, *, model: str | None) -> N
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``serve``'s options (the test server's) only when it is run."""
     parser = argparse.ArgumentParser(
         prog="asyncembed", description="Batching client for OpenRouter-compatible embeddings."
     )
@@ -156,7 +157,10 @@ def _parser() -> argparse.ArgumentParser:
     add("--quiet", action="store_true", help="no progress display")
 
     serve = sub.add_parser("serve", help="run the local OpenRouter-compatible server")
-    add_serve_arguments(serve)
+    if command == "serve":  # the test server is imported only to be served
+        from .testing import add_serve_arguments
+
+        add_serve_arguments(serve)
 
     bench = sub.add_parser("bench", help="a quick throughput check, JSON lines on stdout")
     _add_client_arguments(bench, model="openai/text-embedding-3-small")
@@ -175,12 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         state could not be written (a full disk), 130 interrupted (143 on SIGTERM).
     """
     try:
-        args = _parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        args = _parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
     run = _Run()
     try:
         if args.command == "serve":
+            from .testing import run_serve
+
             asyncio.run(run_serve(args))
         elif args.command == "bench":
             asyncio.run(_bench(args))
@@ -249,6 +256,8 @@ async def _client(args: argparse.Namespace, **options: Any) -> AsyncIterator[Emb
             dims = getattr(args, "dimensions", None) or LOCAL_DIMENSIONS
             if args.local_latency < 0:
                 raise _UsageError("--local-latency must be >= 0")
+            from .testing import LocalServer  # --local only: the client never needs it
+
             server = LocalServer(dimensions=dims, latency=args.local_latency, record_requests=False)
             await stack.enter_async_context(server)
             base_url, api_key = server.base_url, ""

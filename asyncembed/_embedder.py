@@ -16,8 +16,9 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
+from ._batch_runner import BatchRunner, Outcome
 from ._batcher import Batcher
-from ._batches import BatchRunner, Outcome
+from ._cache import Cache
 from ._clock import Clock, SystemClock
 from ._codec import Embeddings
 from ._config import Batching, Limits, Retry, Timeouts
@@ -27,7 +28,6 @@ from ._models import ProviderPreferences
 from ._scheduler import BULK, LIVE, Scheduler
 from ._sender import Deadline, RequestOptions, Sender
 from ._stats import Counters, Stats
-from ._store import Cache
 from ._stream import stream_blocks
 from ._transport import HTTPTransport, Transport
 from ._types import EncodingFormat, Input, Matrix, Vector

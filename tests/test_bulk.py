@@ -19,8 +19,8 @@ import pytest
 
 from asyncembed import Batching, Embedder, Limits, PaymentRequiredError, Stats
 from asyncembed._bulk import BulkJob
+from asyncembed._bulk._progress import Progress, format_duration
 from asyncembed._cli import main
-from asyncembed._progress import Progress, format_duration
 from asyncembed.testing import LocalServer, expected_vector
 
 MODEL = "test/model"

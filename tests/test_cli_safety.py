@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from asyncembed import StoreError
 from asyncembed._bulk import BulkJob
 from asyncembed._cli import main
-from asyncembed._store import StoreError
 from asyncembed.testing import LocalServer
 
 MODEL = "test/model"
@@ -143,7 +143,7 @@ async def test_an_output_name_the_file_system_refuses_is_found_first(
 def test_ctrl_c_during_validation_stops_promptly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncembed import _readers
+    from asyncembed._bulk import _readers
 
     src = tmp_path / "in.txt"
     src.write_text("".join(f"text {i}\n" for i in range(50_000)))
@@ -185,7 +185,7 @@ def test_two_runs_of_one_job_are_not_allowed_at_once(tmp_path: Path) -> None:
 def test_parquet_crash_while_removing_parts_still_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncembed import _parquet_writer as pw
+    from asyncembed._bulk import _parquet as pw
 
     class Killed(BaseException):
         pass

@@ -17,8 +17,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from asyncembed._io import Checkpoint, InputFileError
-from asyncembed._store import Cache, JobIdentity, JobMismatchError, JobState, StoreError
+from asyncembed._bulk._files import Checkpoint
+from asyncembed._bulk._state import JobIdentity, JobState
+from asyncembed._cache import Cache
+from asyncembed._exceptions import InputFileError, JobMismatchError, StoreError
 
 MODEL = "openai/text-embedding-3-small"
 
@@ -143,9 +145,9 @@ RUNNER = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    from asyncembed._readers import open_reader
-    from asyncembed._store import JobIdentity, JobState
-    from asyncembed._writers import open_writer
+    from asyncembed._bulk._readers import open_reader
+    from asyncembed._bulk._state import JobIdentity, JobState
+    from asyncembed._bulk._outputs import open_writer
 
     corpus, out, state_path, kill_at, when = sys.argv[1:6]
     kill_at = int(kill_at)

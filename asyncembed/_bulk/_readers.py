@@ -2,7 +2,7 @@
 
 Every reader streams its file with bounded memory (one line, CSV row or Parquet record
 batch at a time), can start at any record for a resumed job, and validates as it goes:
-the first bad record raises :class:`~asyncembed._io.InputFileError` naming the file and
+the first bad record raises :class:`~asyncembed.InputFileError` naming the file and
 the 1-based line (or Parquet record) number.
 
 Policy for empty texts: a text that is empty or only whitespace is an error, never
@@ -31,7 +31,8 @@ from typing import IO, Any, TypeAlias
 
 import msgspec
 
-from ._io import InputFileError, RecordId, import_pyarrow
+from .._exceptions import InputFileError
+from ._files import RecordId, import_pyarrow
 
 __all__ = [
     "CsvReader",

@@ -1,7 +1,7 @@
 """A bulk job: a corpus file through :meth:`Embedder.stream` into an output file, resumably.
 
-:class:`BulkJob` follows the resume protocol of :mod:`asyncembed._store`: the output
-is written under a temporary name (see :mod:`asyncembed._writers`), made durable and
+:class:`BulkJob` follows the resume protocol of :mod:`asyncembed._bulk._state`: the output
+is written under a temporary name (see :mod:`asyncembed._bulk._writers`), made durable and
 recorded in the SQLite job state as each block lands (or every ``checkpoint_every``
 seconds; flush first, then record), and renamed into place only when complete. A kill
 thus re-pays at most the blocks in flight.
@@ -38,16 +38,17 @@ from typing import TypeAlias
 
 import anyio
 
-from ._config import Batching
-from ._embedder import Embedder
-from ._exceptions import InvalidInputError
-from ._inputs import TokenEstimator
-from ._io import InputFileError, JobIOError, OutputFileError, RecordId
+from .._config import Batching
+from .._embedder import Embedder
+from .._exceptions import InputFileError, InvalidInputError, JobIOError, OutputFileError
+from .._inputs import TokenEstimator
+from .._stats import Stats
+from .._types import Matrix
+from ._files import RecordId
+from ._outputs import check_output, open_writer
 from ._readers import Reader, open_reader
-from ._stats import Stats
-from ._store import JobIdentity, JobState
-from ._types import Matrix
-from ._writers import Writer, check_output, open_writer
+from ._state import JobIdentity, JobState
+from ._writers import Writer
 
 __all__ = ["BulkJob", "BulkResult"]
 
@@ -284,8 +285,7 @@ class BulkJob:
         files = {
             "input": self.input.resolve(),
             "output": output,
-            "unfinished output": output.with_name(output.name + ".partial"),
-            "output parts": output.with_name(output.name + ".parts"),
+            **check_output(self.output).temporary_paths(output),
         }
         if self.state_path is not None:
             state = self.state_path.resolve()
@@ -305,16 +305,18 @@ class BulkJob:
         Sets the total; yields the count every few thousand records.
         """
         check = self._check_text
-        parquet = self.output.suffix.lower() == ".parquet" and self.id_field is not None
-        id_kind: type | None = None
+        check_id = None if self.id_field is None else check_output(self.output).id_checker()
         total = 0
         for total, (record_id, text) in enumerate(reader.records(), start=1):
             try:
                 check(text)
             except InvalidInputError as exc:
                 raise InputFileError(self.input, f"record {total}: {exc}") from None
-            if parquet:
-                id_kind = _check_parquet_id(self.input, total, record_id, id_kind)
+            if check_id is not None:
+                try:
+                    check_id(record_id)
+                except ValueError as exc:
+                    raise InputFileError(self.input, f"record {total}: {exc}") from None
             if not total % 1024:
                 yield total
         self._total = total
@@ -440,19 +442,3 @@ def _record_number(exc: InvalidInputError, first: int) -> str:
     if exc.index is None:
         return str(exc)
     return f"record {first + exc.index + 1}: {exc}"
-
-
-_INT64 = range(-(2**63), 2**63)
-
-
-def _check_parquet_id(path: Path, record: int, value: object, kind: type | None) -> type:
-    """A Parquet id column holds one type: int64 or str. Checked before paying."""
-    this = type(value)
-    if this not in (int, str) or (this is int and value not in _INT64):
-        raise InputFileError(path, f"record {record}: id {value!r} cannot be a Parquet int64/str")
-    if kind is not None and this is not kind:
-        raise InputFileError(
-            path,
-            f"record {record}: ids mix {kind.__name__} and {this.__name__} (Parquet needs one)",
-        )
-    return this

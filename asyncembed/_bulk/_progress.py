@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from ._stats import Stats
+from .._stats import Stats
 
 __all__ = ["Progress", "format_duration"]
 

@@ -18,18 +18,20 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ._io import Checkpoint, OutputFileError, RecordId, fsync_dir, import_pyarrow
+from .._exceptions import OutputFileError
+from ._files import Checkpoint, RecordId, fsync_dir, import_pyarrow
 from ._writers import Writer
 
 __all__ = ["ParquetWriter"]
 
+_INT64 = range(-(2**63), 2**63)
 _PART = re.compile(r"part-(\d{15})-(\d{15})\.parquet")
 
 
@@ -51,11 +53,36 @@ class ParquetWriter(Writer):
     part_bytes = 32 << 20
     row_group_bytes = 64 << 20
 
+    @classmethod
+    def temporary_paths(cls, path: Path) -> dict[str, Path]:
+        """The assembled ``.partial`` file and the ``.parts`` folder of committed parts."""
+        return {
+            **super().temporary_paths(path),
+            "output parts": path.with_name(path.name + ".parts"),
+        }
+
+    @classmethod
+    def id_checker(cls) -> Callable[[RecordId], None]:
+        """Ids must all be int64 or all be str: one Parquet column type."""
+        kinds: list[type] = []
+
+        def check(value: RecordId) -> None:
+            this = type(value)
+            if this not in (int, str) or (this is int and value not in _INT64):
+                raise ValueError(f"id {value!r} cannot be a Parquet int64/str")
+            if kinds and this is not kinds[0]:
+                raise ValueError(
+                    f"ids mix {kinds[0].__name__} and {this.__name__} (Parquet needs one)"
+                )
+            kinds[:] = [this]
+
+        return check
+
     def __init__(
         self, path: Path, *, rows: int, dim: int | None, resume: Checkpoint | None
     ) -> None:
         self._pa, self._pq = import_pyarrow()
-        self.parts = path.with_name(path.name + ".parts")
+        self.parts = self.temporary_paths(path)["output parts"]
         self._buffer: list[tuple[npt.NDArray[np.float32], list[RecordId]]] = []
         self._buffered = 0
         self._committed: list[Path] = []
