@@ -24,6 +24,7 @@ by own time are added.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -224,11 +225,18 @@ async def main() -> None:
     lib, mode = cfg["lib"], cfg.get("mode", "throughput")
     if mode == "throughput":
         n, rounds = cfg["n"], cfg["rounds"]
+        before = [gen["collections"] for gen in gc.get_stats()]
         summary = await (
             _floor(n, rounds)
             if lib == "floor"
             else _throughput(lib, n, rounds, cfg.get("profile_top", 0) if cfg.get("profile") else 0)
         )
+        after = [gen["collections"] for gen in gc.get_stats()]
+        # Full collections traverse every live object (the 10,000 waiting tasks too):
+        # how often they run is much of what separates one coalescer from another.
+        summary["gc_per_round"] = [
+            round((a - b) / (rounds + 1), 2) for a, b in zip(after, before, strict=True)
+        ]
         emit(peer=lib, loop=cfg.get("loop", "asyncio"), mode=mode, **summary)
     elif mode == "behaviour":
         batches = cfg.get("batches", 24)
