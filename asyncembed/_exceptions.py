@@ -96,8 +96,16 @@ class AsyncEmbedError(Exception):
 class APIConnectionError(AsyncEmbedError):
     """The request did not get a complete answer: refused, reset, DNS, or a truncated body.
 
-    Retried by default.
+    Retried by default; a server never reached (``unreachable``) only for
+    ``Retry.unreachable_timeout``.
+
+    Attributes:
+        unreachable: No connection could be made (refused, unknown host, TLS failure)
+            to a server that has not answered this client before: most likely a wrong
+            URL or a server that is not running, rather than a passing fault.
     """
+
+    unreachable: bool = False
 
     retryable = True
 
@@ -390,7 +398,7 @@ _BY_STATUS[524] = GatewayTimeoutError
 
 _HINTS = {
     401: (
-        " (check the API key: Embedder(api_key=...), or the CLI's --api-key-env NAME;"
+        " (check the API key: Embedder(api_key=...);"
         " $OPENROUTER_API_KEY is sent only to openrouter.ai)"
     ),
     402: " (out of credits: add credits or raise the key's limit; retrying will not help)",

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from asyncembed._bulk._files import Checkpoint, RecordId
-from asyncembed._bulk._outputs import open_writer
+from asyncembed._bulk._formats import open_reader, open_writer
 from asyncembed._bulk._parquet import ParquetWriter
-from asyncembed._bulk._readers import Reader, open_reader
+from asyncembed._bulk._readers import Reader
 from asyncembed._bulk._writers import Writer
 from asyncembed._exceptions import (
     AsyncEmbedError,
@@ -232,7 +232,7 @@ def test_parquet_reads_across_row_groups_from_any_start(tmp_path: Path) -> None:
 
 
 def test_parquet_small_batches_keep_positions(tmp_path: Path) -> None:
-    from asyncembed._bulk._readers import ParquetReader
+    from asyncembed._bulk._parquet import ParquetReader
 
     path = parquet(tmp_path, {"text": [f"t{i}" for i in range(10)]}, group=4)
     reader = ParquetReader(path, batch_size=3)

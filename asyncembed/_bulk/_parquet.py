@@ -25,14 +25,100 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .._exceptions import OutputFileError
+from .._exceptions import InputFileError, OutputFileError
 from ._files import Checkpoint, RecordId, fsync_dir, import_pyarrow
+from ._readers import FieldReader, Record
 from ._writers import Writer
 
-__all__ = ["ParquetWriter"]
+__all__ = ["ParquetReader", "ParquetWriter"]
 
 _INT64 = range(-(2**63), 2**63)
 _PART = re.compile(r"part-(\d{15})-(\d{15})\.parquet")
+
+
+class ParquetReader(FieldReader):
+    """A Parquet file read in record batches; the text is in string column ``field``.
+
+    Needs pyarrow (the ``parquet`` extra). Ids come from ``id_field`` (an integer or string
+    column) or are 0-based row numbers. Errors name the 1-based record number.
+
+    Args:
+        path: The input file.
+        field: The name of the string column holding the text.
+        id_field: The column holding each record's id, or ``None`` for row numbers.
+        batch_size: Rows decoded at a time (bounds memory).
+
+    Raises:
+        MissingExtraError: pyarrow is not installed.
+        InputFileError: Not a Parquet file, or a named column is missing or of a wrong type.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        field: str = "text",
+        id_field: str | None = None,
+        batch_size: int = 4096,
+    ) -> None:
+        pa, pq = import_pyarrow()
+        super().__init__(path, field=field, id_field=id_field)
+        self._batch_size = batch_size
+        try:
+            self._file = pq.ParquetFile(self.path)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputFileError(self.path, f"not a readable Parquet file: {exc}") from None
+        schema = self._file.schema_arrow
+        self._check_column(schema, field, (pa.types.is_string, pa.types.is_large_string))
+        if id_field is not None:
+            kinds = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string)
+            self._check_column(schema, id_field, kinds)
+
+    def _check_column(self, schema: Any, name: str, kinds: tuple[Any, ...]) -> None:
+        if name not in schema.names:
+            listed = ", ".join(repr(c) for c in schema.names)
+            raise InputFileError(self.path, f"no column {name!r} (columns: {listed})")
+        kind = schema.field(name).type
+        if not any(ok(kind) for ok in kinds):
+            raise InputFileError(self.path, f"column {name!r} has unsupported type {kind}")
+
+    def count(self) -> int:
+        return int(self._file.metadata.num_rows)
+
+    def records(self, start: int = 0) -> Iterator[Record]:
+        meta = self._file.metadata
+        first, skip = 0, start  # whole row groups before `start` are never decoded
+        while first < meta.num_row_groups and skip >= meta.row_group(first).num_rows:
+            skip -= meta.row_group(first).num_rows
+            first += 1
+        if first == meta.num_row_groups:
+            return
+        columns = [self.field] if self.id_field is None else [self.field, self.id_field]
+        batches = self._file.iter_batches(
+            batch_size=self._batch_size,
+            row_groups=range(first, meta.num_row_groups),
+            columns=columns,
+        )
+        index = start - skip
+        for batch in batches:
+            texts = batch.column(self.field).to_pylist()
+            ids = texts if self.id_field is None else batch.column(self.id_field).to_pylist()
+            for k, (text, record_id) in enumerate(zip(texts, ids, strict=True)):
+                if skip:
+                    skip -= 1
+                    continue
+                row = index + k
+                if text is None:
+                    raise InputFileError(self.path, "null text", line=row + 1, unit="record")
+                self._check_text(text, row + 1, unit="record")
+                if self.id_field is None:
+                    yield row, text
+                elif record_id is None:
+                    msg = f"null id in {self.id_field!r}"
+                    raise InputFileError(self.path, msg, line=row + 1, unit="record")
+                else:
+                    yield record_id, text
+            index += len(texts)
 
 
 class ParquetWriter(Writer):

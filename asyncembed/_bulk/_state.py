@@ -85,6 +85,8 @@ class JobIdentity:
         id_field: The id field/column, or ``None``.
         endpoint: Where the vectors come from (an API root, ``"local"``), or ``None``:
             vectors of one model from two endpoints must not mix in one output.
+        truncate_at: The estimated token count over-long texts are cut to, or ``None``
+            when they are refused: two runs cutting differently must not mix.
     """
 
     input_path: str
@@ -97,6 +99,8 @@ class JobIdentity:
     field: str | None = None
     id_field: str | None = None
     endpoint: str | None = None
+    # None when not truncating, so state files written before this field still match.
+    truncate_at: int | None = None
 
     @classmethod
     def of(
@@ -110,6 +114,7 @@ class JobIdentity:
         field: str | None = None,
         id_field: str | None = None,
         endpoint: str | None = None,
+        truncate_at: int | None = None,
     ) -> JobIdentity:
         """Describe a job, reading the input file's size and fingerprint.
 
@@ -129,6 +134,7 @@ class JobIdentity:
             field=field,
             id_field=id_field,
             endpoint=endpoint,
+            truncate_at=truncate_at,
         )
 
 
@@ -178,19 +184,27 @@ class JobState:
     def begin(self, identity: JobIdentity) -> Checkpoint:
         """Start the job, or resume it if this file already records the same job.
 
+        A recorded job without a single row saved (a first run that failed at once, say
+        on a wrong option) is replaced: there is nothing of it to keep.
+
         Returns:
             The last recorded checkpoint (``rows == 0`` for a new job).
 
         Raises:
-            JobMismatchError: The file records a different job; the message lists the
-                fields that differ.
+            JobMismatchError: The file records a different job with progress; the
+                message lists the fields that differ.
         """
         encoded = msgspec.json.encode(dataclasses.asdict(identity)).decode()
         with self._lock, self._conn:
-            row = self._conn.execute("SELECT identity FROM job").fetchone()
+            row = self._conn.execute("SELECT identity, rows_done, finished FROM job").fetchone()
             if row is None:
                 self._conn.execute(
                     "INSERT INTO job (singleton, identity, updated_at) VALUES (0, ?, ?)",
+                    (encoded, time.time()),
+                )
+            elif row[1] == 0 and not row[2]:
+                self._conn.execute(
+                    "UPDATE job SET identity = ?, dim = NULL, byte_offset = 0, updated_at = ?",
                     (encoded, time.time()),
                 )
             else:

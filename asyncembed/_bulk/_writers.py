@@ -30,7 +30,7 @@ import abc
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 import msgspec
 import numpy as np
@@ -52,7 +52,10 @@ class Writer(abc.ABC):
         path: The final output path.
         rows: The number of rows the finished output holds.
         dim: The vector dimension, or ``None`` until the first block is written.
+        keeps_ids: Whether the output stores each row's id (``.npy`` does not).
     """
+
+    keeps_ids: ClassVar[bool] = True
 
     @classmethod
     def temporary_paths(cls, path: Path) -> dict[str, Path]:
@@ -258,6 +261,7 @@ class NpyWriter(Writer):
     pages written never count in the process's resident memory.
     """
 
+    keeps_ids = False
     _data_offset = 0
 
     def _is_done(self, checkpoint: Checkpoint) -> bool:
