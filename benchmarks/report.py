@@ -109,39 +109,50 @@ make bench                               # installs .[dev,bench], runs python -m
 
 ## Reading the last run
 
-Written by hand after the runs of 2026-11-24 (two full runs and several `bulk` runs);
-the tables below are generated from the last one. Figures move 10-30 % between runs on
-this shared 2-core machine: read ratios, not absolutes.
+Written by hand after the run below (one full run, on a 2-core machine shared with
+other work and heavily loaded at the time: the raw ceiling reached 33,000 texts/s
+where quieter runs see 50,000+). Read ratios, not absolutes.
 
-- **Coalescing beats one-request-per-text by two orders of magnitude** (112-129x the
-  openai client's texts/s; that client spends ~3.7 ms of CPU per text), but asyncembed's
-  `embed()` costs **25-31 µs of client CPU per text against a 12 µs target**. The raw
-  ceiling (HTTP + decode of pre-formed batches) costs 11-14 µs and 10,000 concurrent
-  `await`s cost 8-12 µs on their own (the asyncio floor row), so ceiling + floor already
-  exceed 12 µs here: the target cannot be met as measured. asyncembed's own share is the
-  remaining ~4-6 µs (the per-caller future, dedup map, token estimate, and a copy of each
-  vector so that no caller's vector pins a whole batch).
-- **Bulk meets the throughput target in most runs** (`embed_many` 0.92-1.05x and `stream`
-  0.85-1.14x the ceiling's texts/s across runs; client and server share the 2 cores), and
-  is 1.1-1.3x the ceiling's client CPU per text (15-17 µs against an 11 µs target that
-  the ceiling itself, at 11-14 µs, misses in most runs).
-- **`embed_many` memory** is now at the ceiling's footprint (684 MB for 100,000 x 1536
-  floats, of which the result is 614 MB): batches are copied into one preallocated
-  matrix as they land. An earlier version concatenated at the end and peaked at 1.27 GB.
-- **Decoding runs on the event loop, in steps for large bodies.** A 2,048 x 3,072
-  response (one request, far above the default `max_size=256`) used to block the loop
-  ~60 ms in base64 and ~600 ms in float, its whole decode. Bodies over 4 MB (float) or
-  16 MB (base64) are now decoded a chunk at a time with the loop running in between: the
-  longest block is ~35 ms (base64) and ~200 ms (float), what remains being msgspec's one
-  pass over the whole body. At the default batch size a base64 response blocks ~2 ms.
-- **Decode speed**: asyncembed's msgspec path is 2-5x faster than stdlib json + numpy,
-  ahead of orjson and pydantic, and 10-40x faster than the openai client's own parsing.
-- **Latency**: a lone `embed()` adds 0.3-0.5 ms at p50 over a direct request, since a
-  call made while nothing is in flight is sent at once (`flush_when_idle`, on by default;
-  with it off, the 5 ms `max_wait` window costs ~6-7 ms). Under 1,000 callers/s it adds
-  ~5 ms at p50 and ~8-9 ms at p99 while sending 5-6x fewer requests.
-- **Memory**: 1,000,000 texts to `.npy` peak at 82-94 MB (CLI and library), under a third
-  of the 300 MB target and ~30-40 MB above an idle interpreter.
+- **The machinery without sockets** (`coalescers`): asyncembed's `embed()` costs about
+  7 µs/text above the floor of 10,000 tasks awaiting futures (20.3 against 13.1 on
+  asyncio, 19.1 against 11.9 on uvloop), level with batchlet (+7.5) and behind
+  aiodataloader (+1.9), which neither bounds the batches in flight nor gives a vector
+  of its own to each caller. The target is <= 2 µs: **not met**, by about 5 µs. The
+  behaviour table is measured: cancelling a caller in flight harms none of its
+  batch-mates in any of the three; only asyncembed sends a text asked twice once; only
+  aiodataloader runs every batch at once (24 of 24).
+- **Where the rest goes.** Profiles of the no-socket harness: msgspec's decode of the
+  2 MB body (shared with the floor) is the largest single item; asyncembed's own per
+  text work (`embed()`, `Batcher.submit`, the per-vector buffer) is about 1.5-2 µs;
+  most of the remaining gap is the garbage collector: 10,000 waiting tasks are alive
+  during a round, and every full collection walks them all (~40 ms per pass on this
+  machine). asyncembed's rounds see more full passes than the floor's (1.25 against
+  0.88 per round). Why is not pinned down yet; the candidate is the per-batch request
+  machinery (scheduler slot, retry loop, task group, cancel scopes), whose objects
+  live across collections while the woken callers queue behind 16 decoded batches.
+- **This wave's changes** (`embed()`): no object per text in the Batcher (gen-0
+  collections per round 166 -> 140) and base64 decoded straight into one buffer per
+  vector (no joined 1.5 MB block per batch, which glibc maps afresh each time: page
+  faults 143k -> 27k over 8 rounds; no per-caller copy): 21.9 -> 19.4 µs/text in an
+  interleaved A/B of separate processes.
+- **Over loopback** (`coalesce`): `embed()` reached 0.75x the raw ceiling's texts/s on
+  asyncio (target 0.8x, **not met**) and 26x the openai client at its best setting
+  (16 calls in flight, ~960 texts/s; 618 at 64 and 337 at 256). The earlier "121x" was
+  measured against the openai client with all 1,000 calls in flight, where it saturates
+  at a few hundred texts/s: about a fourfold overstatement. The >= 60x target is **not
+  met** against the client at its best. On uvloop both asyncembed and the ceiling run
+  faster (uvloop is supported: the whole test suite passes on it).
+- **Bulk**: `stream()` 1.12x and `embed_many()` 0.89x the ceiling's texts/s in this
+  run (target 0.95x: met by `stream`, not by `embed_many` here; earlier quieter runs
+  had `embed_many` at 0.92-1.05x); 12.5-13.9 µs/text of client CPU against the
+  ceiling's 9.9.
+- **Decoding runs on the event loop, in steps for large bodies**: a 2,048 x 3,072 answer
+  blocks the loop at most ~28 ms (base64) and ~180 ms (float) against 64 ms and 654 ms
+  decoded in one go. At the default batch size a base64 response blocks ~2 ms.
+- **Latency**: a lone `embed()` adds ~0.6 ms at p50 over a direct request in this
+  (loaded) run, 0.3-0.5 ms in quieter ones; under 1,000 callers/s it adds ~5 ms at p50
+  while sending ~6x fewer requests.
+- **Memory**: 1,000,000 texts to `.npy` peak far under the 300 MB target (see below).
 
 ## Results
 """
