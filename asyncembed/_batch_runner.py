@@ -18,6 +18,7 @@ import anyio
 import numpy as np
 
 from ._cache import Cache
+from ._codec import Rows
 from ._config import Batching
 from ._exceptions import (
     APIStatusError,
@@ -31,7 +32,7 @@ from ._inputs import TokenEstimator, chunk
 from ._scheduler import LIVE
 from ._sender import Deadline, Sender
 from ._stats import Counters
-from ._types import Input, Matrix
+from ._types import Input, Matrix, Vector
 
 __all__ = ["BatchRunner", "Outcome", "first_error"]
 
@@ -46,11 +47,14 @@ Batch = Sequence[str] | Sequence[Sequence[int]]
 class Outcome:
     """A batch's result: row ``i`` of ``vectors`` is input ``i``, unless ``i`` is in ``errors``.
 
-    ``vectors`` is ``None`` when every input failed.
+    ``vectors`` is ``None`` when every input failed, or when the vectors are ``rows``
+    (asked for by :meth:`BatchRunner.run`'s ``rows``; never with errors).
     """
 
     vectors: Matrix | None
     errors: dict[int, BaseException] = field(default_factory=dict)
+    rows: list[Vector] | None = None
+    """Instead of ``vectors``: one vector per input, each its own buffer (see ``Rows``)."""
 
     @staticmethod
     def failed(size: int, exc: BaseException) -> Outcome:
@@ -111,9 +115,17 @@ class BatchRunner:
         """The most inputs the server accepts in one request, once a size cap was seen."""
 
     async def run(
-        self, inputs: Batch, *, priority: int = LIVE, deadline: Deadline | None = None
+        self,
+        inputs: Batch,
+        *,
+        priority: int = LIVE,
+        deadline: Deadline | None = None,
+        rows: bool = False,
     ) -> Outcome:
         """Embed one batch (cache first, when there is one); isolate bad inputs.
+
+        ``rows``: the outcome may carry ``rows`` instead of ``vectors`` (a base64 answer
+        to the whole batch at once, with no cache; split or bisected batches are joined).
 
         Raises:
             APIStatusError: a failure that concerns the whole batch (401, 402, 404,
@@ -121,7 +133,7 @@ class BatchRunner:
             APIConnectionError, ProtocolError, BudgetExceededError: likewise.
         """
         if self._cache is None or not inputs or not isinstance(inputs[0], str):
-            return await self._isolating(inputs, priority, deadline)
+            return await self._isolating(inputs, priority, deadline, rows)
         texts: list[str] = list(inputs)  # type: ignore[arg-type]
         return await self._cached(self._cache, texts, priority, deadline)
 
@@ -251,8 +263,10 @@ class BatchRunner:
         matrix[hits] = stacked
         return Outcome(matrix, errors)
 
-    async def _isolating(self, inputs: Batch, priority: int, deadline: Deadline | None) -> Outcome:
-        tried = await self._try(inputs, priority, deadline)
+    async def _isolating(
+        self, inputs: Batch, priority: int, deadline: Deadline | None, rows: bool = False
+    ) -> Outcome:
+        tried = await self._try(inputs, priority, deadline, rows)
         if isinstance(tried, Outcome):
             return tried
         if len(inputs) == 1:
@@ -272,21 +286,25 @@ class BatchRunner:
         await _all([functools.partial(part, k) for k in range(len(parts))])
         return Outcome.join([(len(p), o) for p, o in zip(parts, outcomes, strict=True)])
 
-    async def _send(self, inputs: Batch, priority: int, deadline: Deadline | None) -> Outcome:
+    async def _send(
+        self, inputs: Batch, priority: int, deadline: Deadline | None, rows: bool = False
+    ) -> Outcome:
         batch: Input = list(inputs)  # type: ignore[assignment]
-        result = await self._sender.request(batch, priority=priority, deadline=deadline)
+        result = await self._sender.request(batch, priority=priority, deadline=deadline, rows=rows)
         self._known_good = batch[0]
+        if isinstance(result, Rows):
+            return Outcome(None, rows=result.vectors)
         return Outcome(result.vectors)
 
     async def _try(
-        self, inputs: Batch, priority: int, deadline: Deadline | None
+        self, inputs: Batch, priority: int, deadline: Deadline | None, rows: bool = False
     ) -> Outcome | APIStatusError:
         """A batch's outcome (split at the learned cap), or the error that splits it."""
         cap = self.learned_cap
         if cap is not None and len(inputs) > cap:
             return await self._split(inputs, cap, priority, deadline)
         try:
-            return await self._send(inputs, priority, deadline)
+            return await self._send(inputs, priority, deadline, rows)
         except _ISOLATE as failure:
             return failure
 

@@ -14,7 +14,7 @@ for any more when it is sent, and a request every caller has left is cancelled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 
@@ -25,7 +25,7 @@ from ._exceptions import EmbedderClosedError
 from ._inputs import TokenEstimator
 from ._sender import Deadline
 from ._stats import Counters
-from ._types import Vector
+from ._types import Matrix, Vector
 
 __all__ = ["Batcher"]
 
@@ -34,12 +34,31 @@ Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 class _Batch:
-    __slots__ = ("deadline", "entries", "request", "texts", "timer", "tokens", "unbounded")
+    """Texts queued (then in flight) together, with the futures of their callers.
+
+    No object per text (this is the per-text hot path, and every object that lives as
+    long as a batch makes the garbage collector's passes longer): ``futures[i]`` is the
+    first caller of ``texts[i]``; later callers of the same text, rare, are in ``joined``.
+    """
+
+    __slots__ = (
+        "deadline",
+        "dropped",
+        "futures",
+        "joined",
+        "request",
+        "texts",
+        "timer",
+        "tokens",
+        "unbounded",
+    )
 
     def __init__(self) -> None:
         self.texts: list[str] = []
-        self.entries: list[_Entry] = []
+        self.futures: list[asyncio.Future[Vector]] = []
+        self.joined: dict[str, list[asyncio.Future[Vector]]] = {}
         self.tokens = 0
+        self.dropped = 0  # callers that left while queued (the batch skips their texts)
         self.deadline: float | None = None
         self.unbounded = False  # some caller has no deadline
         # Cancel scopes of the max_wait timer (cancelled once the batch is sent) and of
@@ -58,19 +77,24 @@ class _Batch:
         """The latest deadline of any caller, read at each retry (``None``: no limit)."""
         return None if self.unbounded else self.deadline
 
+    def live(self, i: int) -> bool:
+        """Whether any caller of ``texts[i]`` still waits."""
+        if not self.futures[i].done():
+            return True
+        others = self.joined.get(self.texts[i]) if self.joined else None
+        return others is not None and any(not f.done() for f in others)
 
-class _Entry:
-    """One distinct text waiting: its callers' futures and the batch carrying it."""
+    def any_live(self) -> bool:
+        """Whether any caller of any text still waits."""
+        return any(not f.done() for f in self.futures) or any(
+            not f.done() for futures in self.joined.values() for f in futures
+        )
 
-    __slots__ = ("batch", "futures")
-
-    def __init__(self, future: asyncio.Future[Vector], batch: _Batch) -> None:
-        self.futures = [future]
-        self.batch = batch
-
-    def live(self) -> bool:
-        """Whether any caller still waits."""
-        return any(not f.done() for f in self.futures)
+    def all_futures(self) -> Iterator[asyncio.Future[Vector]]:
+        """Every caller's future."""
+        yield from self.futures
+        for futures in self.joined.values():
+            yield from futures
 
 
 class Batcher:
@@ -105,8 +129,8 @@ class Batcher:
         self._deliver = deliver
         self._counters = counters
         self._batch = _Batch()
-        # text -> its entry, while queued or in flight.
-        self._waiting: dict[str, _Entry] = {}
+        # text -> its batch, while queued or in flight.
+        self._waiting: dict[str, _Batch] = {}
 
     @property
     def queued(self) -> int:
@@ -120,12 +144,12 @@ class Batcher:
 
     def submit(self, text: str, deadline: float | None) -> asyncio.Future[Vector]:
         """Queue one (validated) text; the future gets its vector or its error."""
-        # The per-text hot path: local names, no helper calls.
+        # The per-text hot path: local names, no helper calls, no object but the future.
         future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        entry = self._waiting.get(text)
-        if entry is not None:
-            entry.futures.append(future)
-            entry.batch.admit(deadline)
+        batch = self._waiting.get(text)
+        if batch is not None:
+            batch.joined.setdefault(text, []).append(future)
+            batch.admit(deadline)
             self._counters.deduplicated += 1
             return future
         tokens = int(len(text) / self._estimator.chars_per_token) + 1  # = estimate(text)
@@ -133,12 +157,16 @@ class Batcher:
         if batch.texts and batch.tokens + tokens > self._max_tokens:
             self.flush()
             batch = self._batch
-        entry = self._waiting[text] = _Entry(future, batch)
-        batch.texts.append(text)
-        batch.entries.append(entry)
+        self._waiting[text] = batch
+        texts = batch.texts
+        texts.append(text)
+        batch.futures.append(future)
         batch.tokens += tokens
-        batch.admit(deadline)
-        size = len(batch.texts)
+        if deadline is None:
+            batch.unbounded = True
+        else:
+            batch.admit(deadline)
+        size = len(texts)
         if size >= self._max_size:
             self.flush()
         elif size == 1:
@@ -161,13 +189,13 @@ class Batcher:
 
     def abandoned(self, text: str) -> None:
         """A caller of ``text`` was cancelled: stop its request if nobody else waits."""
-        entry = self._waiting.get(text)
-        if entry is None:
+        batch = self._waiting.get(text)
+        if batch is None:
             return
-        batch = entry.batch
         if batch.request is None:
-            return  # still queued: skipped when the batch is sent
-        if not any(e.live() for e in batch.entries):
+            batch.dropped += 1  # still queued: skipped when the batch is sent
+            return
+        if not batch.any_live():
             # Forget the texts now, so a caller arriving before the request has wound
             # down starts afresh instead of joining a request that will never answer.
             self._release(batch)
@@ -179,16 +207,15 @@ class Batcher:
         if batch.timer is not None:
             batch.timer.cancel()
         self._release(batch)
-        for entry in batch.entries:
-            for future in entry.futures:
-                if not future.done():
-                    future.set_exception(exc)
+        for future in batch.all_futures():
+            if not future.done():
+                future.set_exception(exc)
 
     def _release(self, batch: _Batch) -> None:
-        """Remove the batch's entries from the waiting map (only its own entries)."""
+        """Remove the batch's texts from the waiting map (only those still its own)."""
         waiting = self._waiting
-        for text, entry in zip(batch.texts, batch.entries, strict=True):
-            if waiting.get(text) is entry:
+        for text in batch.texts:
+            if waiting.get(text) is batch:
                 del waiting[text]
 
     async def _flush_soon(self, batch: _Batch) -> None:
@@ -214,18 +241,11 @@ class Batcher:
             self._sent -= 1
 
     async def _send_batch(self, batch: _Batch) -> None:
-        texts: list[str] = []
-        entries: list[_Entry] = []
-        waiting = self._waiting
-        for text, entry in zip(batch.texts, batch.entries, strict=True):
-            if not entry.futures[0].done() or entry.live():
-                texts.append(text)
-                entries.append(entry)
-            elif waiting.get(text) is entry:
-                del waiting[text]  # every caller left before the batch was sent
-        if not texts:
-            return
-        batch.texts, batch.entries = texts, entries
+        if batch.dropped:
+            self._drop_abandoned(batch)
+            if not batch.texts:
+                return
+        texts, futures = batch.texts, batch.futures
         scope = batch.request = anyio.CancelScope()
         try:
             with scope:
@@ -235,27 +255,63 @@ class Batcher:
             if not isinstance(exc, Exception):  # cancelled: the Embedder is shutting down
                 failure = EmbedderClosedError("the Embedder closed before this text was embedded")
             self._release(batch)
-            for entry in entries:
-                for future in entry.futures:
-                    if not future.done():
-                        future.set_exception(failure)
+            for future in batch.all_futures():
+                if not future.done():
+                    future.set_exception(failure)
             if failure is not exc:
                 raise  # let cancellation through; errors went to the callers
             return
         self._release(batch)
         if scope.cancelled_caught:
             return  # every caller had left (see abandoned)
-        vectors, errors = outcome.vectors, outcome.errors
-        for i, entry in enumerate(entries):
-            error = errors.get(i) if errors else None
-            if error is None and vectors is not None:
-                # A copy per caller, so a kept vector does not pin the batch and one
-                # caller changing its array in place cannot change another's.
-                for future in entry.futures:
-                    if not future.done():
-                        future.set_result(vectors[i].copy())
-            else:
-                failure = error or RuntimeError("no vector returned")
-                for future in entry.futures:
-                    if not future.done():
-                        future.set_exception(failure)
+        vectors, errors, rows = outcome.vectors, outcome.errors, outcome.rows
+        if rows is not None:
+            # Each row is its own buffer already: the first caller takes it as it is.
+            for future, vector in zip(futures, rows, strict=True):
+                if not future.done():
+                    future.set_result(vector)
+            vectors = None
+        elif vectors is not None and not errors:
+            # A copy per caller, so a kept vector does not pin the batch and one
+            # caller changing its array in place cannot change another's.
+            for i, future in enumerate(futures):
+                if not future.done():
+                    future.set_result(vectors[i].copy())
+        else:
+            for i, future in enumerate(futures):
+                _settle(future, i, vectors, errors)
+        if batch.joined:
+            position = {text: i for i, text in enumerate(texts)}
+            for text, others in batch.joined.items():
+                i = position[text]
+                for future in others:
+                    if rows is not None:
+                        if not future.done():
+                            future.set_result(rows[i].copy())  # never the first's own
+                    else:
+                        _settle(future, i, vectors, errors)
+
+    def _drop_abandoned(self, batch: _Batch) -> None:
+        """Leave out of the request the texts whose callers all left while queued."""
+        keep = [i for i in range(len(batch.texts)) if batch.live(i)]
+        waiting = self._waiting
+        for i in set(range(len(batch.texts))) - set(keep):
+            text = batch.texts[i]
+            if waiting.get(text) is batch:
+                del waiting[text]
+            batch.joined.pop(text, None)
+        batch.texts = [batch.texts[i] for i in keep]
+        batch.futures = [batch.futures[i] for i in keep]
+
+
+def _settle(
+    future: asyncio.Future[Vector], i: int, vectors: Matrix | None, errors: dict[int, BaseException]
+) -> None:
+    """Give one caller the vector of input ``i`` (a copy) or its error."""
+    if future.done():
+        return
+    error = errors.get(i) if errors else None
+    if error is None and vectors is not None:
+        future.set_result(vectors[i].copy())
+    else:
+        future.set_exception(error or RuntimeError("no vector returned"))

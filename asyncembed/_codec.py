@@ -23,6 +23,7 @@ import numpy as np
 from ._exceptions import APIStatusError, ProtocolError, error_for_status, parse_retry_after
 from ._models import EmbeddingRequest, EmbeddingResponse, ErrorBody, ErrorDetail
 from ._models import Usage as Usage
+from ._rows import _ROWS, Rows, _RowResponse, _rows
 from ._types import EncodingFormat, Matrix
 
 __all__ = [
@@ -30,9 +31,11 @@ __all__ = [
     "Base64Unsupported",
     "Embeddings",
     "EmptyData",
+    "Rows",
     "billed_usage",
     "decode_response",
     "decode_response_async",
+    "decode_rows_async",
     "encode_request",
 ]
 
@@ -66,6 +69,8 @@ class _UsageOnly(msgspec.Struct):
 _ENCODER = msgspec.json.Encoder()
 _USAGE_ONLY = msgspec.json.Decoder(_UsageOnly)
 _RESPONSE = msgspec.json.Decoder(EmbeddingResponse)
+
+
 _LAZY = msgspec.json.Decoder(_LazyResponse)
 _FLOAT_ROWS = msgspec.json.Decoder(list[list[float]])
 _BASE64_ROWS = msgspec.json.Decoder(list[bytes])
@@ -144,9 +149,10 @@ def decode_response(
         ProtocolError: a 200 body that is not JSON, or whose ``data`` does not cover the
             inputs exactly once, or has vectors of mixed length, wrong length or NaN/Inf.
     """
-    steps = _decode(status, headers, content, expected, encoding, dimensions)
+    steps = _decode(status, headers, content, expected, encoding, dimensions, rows=False)
     while (result := _step(steps)) is None:
         pass
+    assert isinstance(result, Embeddings)
     return result
 
 
@@ -165,8 +171,32 @@ async def decode_response_async(
     Raises:
         The errors of :func:`decode_response`.
     """
-    steps = _decode(status, headers, content, expected, encoding, dimensions)
+    steps = _decode(status, headers, content, expected, encoding, dimensions, rows=False)
     while (result := _step(steps)) is None:  # a small body is done in the first step
+        await anyio.lowlevel.checkpoint()
+    assert isinstance(result, Embeddings)
+    return result
+
+
+async def decode_rows_async(
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    *,
+    expected: int,
+    encoding: EncodingFormat,
+    dimensions: int | None = None,
+) -> Embeddings | Rows:
+    """:func:`decode_response_async`, giving base64 answers as :class:`Rows`.
+
+    A float answer, or a body large enough to be decoded in steps, still comes back
+    as :class:`Embeddings` (one matrix).
+
+    Raises:
+        The errors of :func:`decode_response`.
+    """
+    steps = _decode(status, headers, content, expected, encoding, dimensions, rows=True)
+    while (result := _step(steps)) is None:
         await anyio.lowlevel.checkpoint()
     return result
 
@@ -180,12 +210,12 @@ def billed_usage(content: bytes) -> Usage | None:
         return None
 
 
-def _step(steps: Generator[None, None, Embeddings]) -> Embeddings | None:
+def _step(steps: Generator[None, None, Embeddings | Rows]) -> Embeddings | Rows | None:
     """Run the decode to its next pause; its result once it is done."""
     try:
         next(steps)
     except StopIteration as done:
-        result: Embeddings = done.value
+        result: Embeddings | Rows = done.value
         return result
     return None
 
@@ -197,12 +227,18 @@ def _decode(
     expected: int,
     encoding: EncodingFormat,
     dimensions: int | None,
-) -> Generator[None, None, Embeddings]:
-    """The decode, as steps: it yields between chunks of a large body."""
+    *,
+    rows: bool,
+) -> Generator[None, None, Embeddings | Rows]:
+    """The decode, as steps: it yields between chunks of a large body.
+
+    With ``rows``, a base64 answer decoded in one go comes back as :class:`Rows`.
+    """
     if not 200 <= status < 300:
         raise _status_error(status, headers, content)
     try:
-        body = (_LAZY if _stepwise(content, encoding) else _RESPONSE).decode(content)
+        decoder = _ROWS if rows else _RESPONSE
+        body = (_LAZY if _stepwise(content, encoding) else decoder).decode(content)
     except msgspec.DecodeError as exc:
         error = _error_in_200(content)
         if error is not None:
@@ -220,16 +256,23 @@ def _decode(
     data = body.data
     embeddings = [item.embedding for item in data]
     kinds = set(map(type, embeddings))
+    if bytearray in kinds:  # base64 as decoded for rows: checked as bytes are
+        kinds = (kinds - {bytearray}) | {bytes}
     if encoding == "base64" and kinds == {bytes} and not any(embeddings):
         raise Base64Unsupported("the model answered a base64 request with empty vectors")
     if len(data) != expected:
         raise ProtocolError(f"response has {len(data)} embeddings for {expected} inputs")
-    matrix = _matrix(_in_index_order(data, embeddings), kinds, dimensions)
+    ordered = _in_index_order(data, embeddings)
+    if rows and kinds == {bytes}:
+        return Rows(_rows(ordered, dimensions), body.model, body.usage or _NO_USAGE)
+    matrix = _matrix(ordered, kinds, dimensions)
     return _embeddings(body, matrix, "base64" if kinds == {bytes} else "float")
 
 
 def _embeddings(
-    body: EmbeddingResponse | _LazyResponse, vectors: Matrix, encoding: EncodingFormat
+    body: EmbeddingResponse | _LazyResponse | _RowResponse,
+    vectors: Matrix,
+    encoding: EncodingFormat,
 ) -> Embeddings:
     return Embeddings(
         vectors=vectors,

@@ -445,7 +445,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
     # -- internals -------------------------------------------------------------
 
     async def _deliver(self, texts: list[str], deadline: Deadline) -> Outcome:
-        return await self._batches.run(texts, priority=LIVE, deadline=deadline)
+        return await self._batches.run(texts, priority=LIVE, deadline=deadline, rows=True)
 
     async def _embed_block(self, texts: list[str], start: int) -> Matrix:
         # A stream's batches: refused once the Embedder is closed, waited for by aclose().

@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Literal, NoReturn, overload
 
 from ._clock import Clock
 from ._codec import (
     Base64Unsupported,
     Embeddings,
     EmptyData,
+    Rows,
     billed_usage,
     decode_response_async,
+    decode_rows_async,
     encode_request,
 )
 from ._config import Retry
@@ -122,6 +124,26 @@ class Sender:
         self._use_float()
         raise _EncodingSwitched from None
 
+    @overload
+    async def request(
+        self,
+        inputs: Input,
+        *,
+        priority: int = ...,
+        deadline: Deadline | None = ...,
+        encoding_format: EncodingFormat | None = ...,
+        rows: Literal[False] = ...,
+    ) -> Embeddings: ...
+    @overload
+    async def request(
+        self,
+        inputs: Input,
+        *,
+        priority: int = ...,
+        deadline: Deadline | None = ...,
+        encoding_format: EncodingFormat | None = ...,
+        rows: bool,
+    ) -> Embeddings | Rows: ...
     async def request(
         self,
         inputs: Input,
@@ -129,11 +151,13 @@ class Sender:
         priority: int = LIVE,
         deadline: Deadline | None = None,
         encoding_format: EncodingFormat | None = None,
-    ) -> Embeddings:
+        rows: bool = False,
+    ) -> Embeddings | Rows:
         """One request, retried per the policy; no splitting.
 
         ``encoding_format`` forces an encoding (no fallback); ``None`` uses the
         Embedder's current one, falling back from base64 to float when needed.
+        ``rows``: a base64 answer comes back as :class:`Rows` (one buffer per vector).
 
         Raises:
             APIStatusError, APIConnectionError, ProtocolError: the last error, once
@@ -171,7 +195,7 @@ class Sender:
                 async for attempt in policy:
                     with attempt:
                         return await self._attempt(
-                            inputs, priority, encoding_format, first_sent, wait_limit
+                            inputs, priority, encoding_format, first_sent, wait_limit, rows
                         )
             except _EncodingSwitched:
                 continue  # resend at once in float, through a new slot (counted by limits)
@@ -184,7 +208,8 @@ class Sender:
         forced: EncodingFormat | None,
         first_sent: list[float],
         wait_limit: Callable[[], float],
-    ) -> Embeddings:
+        rows: bool = False,
+    ) -> Embeddings | Rows:
         expected, texts = _shape(inputs)
         tokens = self._estimator.total(texts) if texts is not None else _token_count(inputs)
         counters = self._counters
@@ -208,7 +233,7 @@ class Sender:
             try:
                 raw = await self._transport.post(body)
                 try:
-                    result = await decode_response_async(
+                    result = await (decode_rows_async if rows else decode_response_async)(
                         raw.status,
                         raw.headers,
                         raw.content,
@@ -218,7 +243,10 @@ class Sender:
                     )
                 except (APIStatusError, ProtocolError) as exc:
                     raise redact_secret(exc, self._secret)  # noqa: B904 - the same error
-                self._check_width(result.vectors.shape[1])
+                vectors = result.vectors
+                self._check_width(
+                    len(vectors[0]) if isinstance(vectors, list) else vectors.shape[1]
+                )
                 if encoding == "base64":
                     self._empty_base64 = 0
                     if result.encoding == "float":

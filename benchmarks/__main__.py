@@ -23,6 +23,7 @@ def discover() -> dict[str, ModuleType]:
 
 
 ORDER = [
+    "coalescers",
     "coalesce",
     "bulk",
     "latency_hiding",

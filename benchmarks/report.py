@@ -16,7 +16,8 @@ DOC = ROOT / "docs" / "benchmarks.md"
 INTRO = """\
 # Benchmarks
 
-How fast asyncembed is, measured against the official `openai` client, a bare aiohttp
+How fast asyncembed is, measured against the other coalescers (aiodataloader, batchlet,
+and the floor of what asyncio allows), the official `openai` client, a bare aiohttp
 client that sends pre-formed batches (the *ceiling* a batching client can approach), and
 the other ways of decoding a response. Every figure stands beside a baseline measured in
 the same run, on the same machine, because only the ratios carry over to other machines.
@@ -39,6 +40,29 @@ the same run, on the same machine, because only the ratios carry over to other m
   from the fastest round, CPU from the cheapest), the per-round values are in
   `results/*.json`. *Server CPU* is the server process's CPU time across the whole peer run
   (warm-up included), per text.
+- **No sockets, for the machinery alone.** `coalescers` gives every library the same
+  batch work (a pre-built base64 body of n x 1536 vectors, decoded with msgspec and one
+  `np.frombuffer`) behind its own single-item call, 10,000 callers each in its own task:
+  aiodataloader 0.4.3 (`DataLoader(max_batch_size=256, cache=False)`, built inside the
+  running loop), batchlet 0.1.0 (`AsyncBatcher`, 256 items, 5 ms, 16 batches in flight,
+  `max_pending_items` raised above the 1,024 default, past which `submit` raises
+  `QueueFull`), and asyncembed `embed()` with its defaults and a `Transport` that returns
+  the body. The *floor* is no library: the tasks await plain futures set 256 at a time
+  after the same decode. A fresh process per library, loop and run, runs interleaved;
+  medians of 3 runs of 7 rounds each. Its behaviour table is measured too, not claimed:
+  one caller cancelled while its batch is in flight, a text asked twice at once, and the
+  most batches in flight with 24 batches' worth of callers.
+- **uvloop.** `coalescers` runs every library on asyncio's own loop and on uvloop, and
+  `coalesce` runs asyncembed and the ceiling on both. asyncembed supports uvloop (the
+  test suite passes on it; `tests/test_uvloop.py` runs on it every time).
+- **The openai client at its best.** `coalesce` runs it with 16, 64 and 256 calls in
+  flight and compares with the best of the three: with all of them in flight at once it
+  saturates (a few hundred texts/s), which would flatter asyncembed about fourfold.
+- **One OpenBLAS thread.** Peer and server processes run with `OPENBLAS_NUM_THREADS=1`:
+  numpy starts OpenBLAS worker threads at import, and after each BLAS call they spin for
+  a while before sleeping. `time.process_time()` counts every thread of the process, so
+  that idle spin is counted as client CPU (a few µs per text) though no client code
+  runs. No benchmarked path needs BLAS.
 - **Memory.** Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of the peer process.
 - **Texts** are distinct short sentences (~40 characters, ~10 tokens), different in every
   round, so neither de-duplication nor a cache helps.
@@ -59,23 +83,24 @@ the same run, on the same machine, because only the ratios carry over to other m
   `repr` (~20 characters per value, about 1.6x OpenAI's 10 decimals), so float figures
   over the server are pessimistic; `decode` builds OpenAI-like bodies itself.
 - **openai runs fewer calls** (1,000 instead of 10,000 per round) in `coalesce`, and
-  `latency_hiding` gives the one-request-per-text clients fewer texts: at a few hundred
-  requests/s the full count would take minutes, and past ~1,000 calls in flight the openai
-  client's default 5 s connect timeout fires while the CPU is saturated. All figures are
-  per text.
+  `latency_hiding` gives the one-request-per-text clients fewer texts: at about a
+  thousand requests/s the full count would take minutes, and past ~1,000 calls in flight
+  the openai client's default 5 s connect timeout fires while the CPU is saturated. All
+  figures are per text.
 - **N concurrent callers cost something by themselves.** The `coalesce` table includes a
   peer that does nothing but `asyncio.gather` N coroutines awaiting futures resolved 256 at
   a time: any client answering N concurrent `await`s pays this, the raw ceiling (which
   sends pre-formed batches) does not.
-- **numpy and OpenBLAS.** The benchmarks run under whatever environment they are started
-  in; nothing here changes `OPENBLAS_*` variables (numpy's BLAS is not on these paths).
+- **The peers' vectors are views.** In `coalescers` the peers' batch functions hand out
+  the rows of the decoded matrix (a kept vector keeps its whole batch alive); asyncembed
+  gives every caller a vector of its own and checks every body, work the others skip.
 
 ## Reproduce
 
 ```sh
 make bench                               # installs .[dev,bench], runs python -m benchmarks
 .venv/bin/python -m benchmarks           # all, ~6-8 minutes on 2 cores; writes results/
-.venv/bin/python -m benchmarks coalesce decode   # some
+.venv/bin/python -m benchmarks coalescers coalesce   # some
 .venv/bin/python -m benchmarks --quick   # smoke run, small sizes, ~25 s, writes nothing
 .venv/bin/python -m benchmarks --json    # one JSON line per benchmark
 .venv/bin/python -m benchmarks.profile embed     # cProfile of the client, top functions
@@ -84,39 +109,50 @@ make bench                               # installs .[dev,bench], runs python -m
 
 ## Reading the last run
 
-Written by hand after the runs of 2026-11-24 (two full runs and several `bulk` runs);
-the tables below are generated from the last one. Figures move 10-30 % between runs on
-this shared 2-core machine: read ratios, not absolutes.
+Written by hand after the run below (one full run, on a 2-core machine shared with
+other work and heavily loaded at the time: the raw ceiling reached 33,000 texts/s
+where quieter runs see 50,000+). Read ratios, not absolutes.
 
-- **Coalescing beats one-request-per-text by two orders of magnitude** (112-129x the
-  openai client's texts/s; that client spends ~3.7 ms of CPU per text), but asyncembed's
-  `embed()` costs **25-31 µs of client CPU per text against a 12 µs target**. The raw
-  ceiling (HTTP + decode of pre-formed batches) costs 11-14 µs and 10,000 concurrent
-  `await`s cost 8-12 µs on their own (the asyncio floor row), so ceiling + floor already
-  exceed 12 µs here: the target cannot be met as measured. asyncembed's own share is the
-  remaining ~4-6 µs (the per-caller future, dedup map, token estimate, and a copy of each
-  vector so that no caller's vector pins a whole batch).
-- **Bulk meets the throughput target in most runs** (`embed_many` 0.92-1.05x and `stream`
-  0.85-1.14x the ceiling's texts/s across runs; client and server share the 2 cores), and
-  is 1.1-1.3x the ceiling's client CPU per text (15-17 µs against an 11 µs target that
-  the ceiling itself, at 11-14 µs, misses in most runs).
-- **`embed_many` memory** is now at the ceiling's footprint (684 MB for 100,000 x 1536
-  floats, of which the result is 614 MB): batches are copied into one preallocated
-  matrix as they land. An earlier version concatenated at the end and peaked at 1.27 GB.
-- **Decoding runs on the event loop, in steps for large bodies.** A 2,048 x 3,072
-  response (one request, far above the default `max_size=256`) used to block the loop
-  ~60 ms in base64 and ~600 ms in float, its whole decode. Bodies over 4 MB (float) or
-  16 MB (base64) are now decoded a chunk at a time with the loop running in between: the
-  longest block is ~35 ms (base64) and ~200 ms (float), what remains being msgspec's one
-  pass over the whole body. At the default batch size a base64 response blocks ~2 ms.
-- **Decode speed**: asyncembed's msgspec path is 2-5x faster than stdlib json + numpy,
-  ahead of orjson and pydantic, and 10-40x faster than the openai client's own parsing.
-- **Latency**: a lone `embed()` adds 0.3-0.5 ms at p50 over a direct request, since a
-  call made while nothing is in flight is sent at once (`flush_when_idle`, on by default;
-  with it off, the 5 ms `max_wait` window costs ~6-7 ms). Under 1,000 callers/s it adds
-  ~5 ms at p50 and ~8-9 ms at p99 while sending 5-6x fewer requests.
-- **Memory**: 1,000,000 texts to `.npy` peak at 82-94 MB (CLI and library), under a third
-  of the 300 MB target and ~30-40 MB above an idle interpreter.
+- **The machinery without sockets** (`coalescers`): asyncembed's `embed()` costs about
+  7 µs/text above the floor of 10,000 tasks awaiting futures (20.3 against 13.1 on
+  asyncio, 19.1 against 11.9 on uvloop), level with batchlet (+7.5) and behind
+  aiodataloader (+1.9), which neither bounds the batches in flight nor gives a vector
+  of its own to each caller. The target is <= 2 µs: **not met**, by about 5 µs. The
+  behaviour table is measured: cancelling a caller in flight harms none of its
+  batch-mates in any of the three; only asyncembed sends a text asked twice once; only
+  aiodataloader runs every batch at once (24 of 24).
+- **Where the rest goes.** Profiles of the no-socket harness: msgspec's decode of the
+  2 MB body (shared with the floor) is the largest single item; asyncembed's own per
+  text work (`embed()`, `Batcher.submit`, the per-vector buffer) is about 1.5-2 µs;
+  most of the remaining gap is the garbage collector: 10,000 waiting tasks are alive
+  during a round, and every full collection walks them all (~40 ms per pass on this
+  machine). asyncembed's rounds see more full passes than the floor's (1.25 against
+  0.88 per round). Why is not pinned down yet; the candidate is the per-batch request
+  machinery (scheduler slot, retry loop, task group, cancel scopes), whose objects
+  live across collections while the woken callers queue behind 16 decoded batches.
+- **This wave's changes** (`embed()`): no object per text in the Batcher (gen-0
+  collections per round 166 -> 140) and base64 decoded straight into one buffer per
+  vector (no joined 1.5 MB block per batch, which glibc maps afresh each time: page
+  faults 143k -> 27k over 8 rounds; no per-caller copy): 21.9 -> 19.4 µs/text in an
+  interleaved A/B of separate processes.
+- **Over loopback** (`coalesce`): `embed()` reached 0.75x the raw ceiling's texts/s on
+  asyncio (target 0.8x, **not met**) and 26x the openai client at its best setting
+  (16 calls in flight, ~960 texts/s; 618 at 64 and 337 at 256). The earlier "121x" was
+  measured against the openai client with all 1,000 calls in flight, where it saturates
+  at a few hundred texts/s: about a fourfold overstatement. The >= 60x target is **not
+  met** against the client at its best. On uvloop both asyncembed and the ceiling run
+  faster (uvloop is supported: the whole test suite passes on it).
+- **Bulk**: `stream()` 1.12x and `embed_many()` 0.89x the ceiling's texts/s in this
+  run (target 0.95x: met by `stream`, not by `embed_many` here; earlier quieter runs
+  had `embed_many` at 0.92-1.05x); 12.5-13.9 µs/text of client CPU against the
+  ceiling's 9.9.
+- **Decoding runs on the event loop, in steps for large bodies**: a 2,048 x 3,072 answer
+  blocks the loop at most ~28 ms (base64) and ~180 ms (float) against 64 ms and 654 ms
+  decoded in one go. At the default batch size a base64 response blocks ~2 ms.
+- **Latency**: a lone `embed()` adds ~0.6 ms at p50 over a direct request in this
+  (loaded) run, 0.3-0.5 ms in quieter ones; under 1,000 callers/s it adds ~5 ms at p50
+  while sending ~6x fewer requests.
+- **Memory**: 1,000,000 texts to `.npy` peak far under the 300 MB target (see below).
 
 ## Results
 """

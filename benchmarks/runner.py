@@ -46,6 +46,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PYTHON = sys.executable
 MODEL = "openai/text-embedding-3-small"
 _LISTENING = "asyncembed local server listening on "
+# One OpenBLAS thread in every peer and server process: numpy's idle OpenBLAS worker
+# threads spin after each call, and time.process_time() (all threads) counts that spin
+# as client CPU, a few µs per text that no client code spends.
+PEER_ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
 _SERVE = "import sys; from asyncembed.testing import serve_main; sys.exit(serve_main(sys.argv[1:]))"
 
 
@@ -107,6 +111,7 @@ class Server:
         self._proc = subprocess.Popen(
             [PYTHON, "-c", _SERVE, *self.args],
             cwd=ROOT,
+            env=PEER_ENV,
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -170,6 +175,7 @@ def run_peer(
         proc = subprocess.run(
             [PYTHON, "-m", f"benchmarks.peers.{peer}", json.dumps(config)],
             cwd=ROOT,
+            env=PEER_ENV,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -190,7 +196,18 @@ def run_peer(
 def versions() -> dict[str, str]:
     """Versions of Python and of every library a peer uses."""
     found = {"python": platform.python_version()}
-    for dist in ("asyncembed", "numpy", "aiohttp", "msgspec", "openai", "orjson", "pydantic"):
+    for dist in (
+        "asyncembed",
+        "numpy",
+        "aiohttp",
+        "msgspec",
+        "openai",
+        "orjson",
+        "pydantic",
+        "aiodataloader",
+        "batchlet",
+        "uvloop",
+    ):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

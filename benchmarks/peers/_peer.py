@@ -7,11 +7,21 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Meter", "Rounds", "arrivals", "config", "emit", "percentile", "texts"]
+__all__ = [
+    "Meter",
+    "Rounds",
+    "arrivals",
+    "config",
+    "emit",
+    "median",
+    "percentile",
+    "run",
+    "texts",
+]
 
 
 def config() -> dict[str, Any]:
@@ -73,9 +83,12 @@ class Rounds:
             self.cpus.append(meter.cpu)
         return self
 
-    def summary(self) -> dict[str, Any]:
-        """Texts/s from the fastest round, CPU µs/text from the cheapest, and every round."""
-        wall, cpu = min(self.walls), min(self.cpus)
+    def summary(self, pick: Callable[[list[float]], float] = min) -> dict[str, Any]:
+        """Texts/s from the fastest round, CPU µs/text from the cheapest, and every round.
+
+        ``pick=median`` takes the median round of each instead.
+        """
+        wall, cpu = pick(self.walls), pick(self.cpus)
         return {
             "n": self.n,
             "wall_s": wall,
@@ -85,6 +98,26 @@ class Rounds:
             "rounds_wall_s": [round(w, 4) for w in self.walls],
             "rounds_cpu_s": [round(c, 4) for c in self.cpus],
         }
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]], loop: str | None = None) -> None:
+    """Run ``main()`` on a fresh event loop: asyncio's own, or uvloop's (``loop="uvloop"``)."""
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    elif loop in (None, "asyncio"):
+        asyncio.run(main())
+    else:
+        raise SystemExit(f"unknown event loop {loop!r}")
+
+
+def median(values: list[float]) -> float:
+    """The median (the mean of the middle two for an even count)."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def percentile(values: list[float], q: float) -> float:

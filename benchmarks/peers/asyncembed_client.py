@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from asyncembed import Batching, Embedder, Limits
-from benchmarks.peers._peer import Rounds, arrivals, config, emit, percentile, texts
+from benchmarks.peers._peer import Rounds, arrivals, config, emit, percentile, run, texts
 
 
 async def main() -> None:
@@ -87,11 +87,16 @@ async def _throughput(embedder: Embedder, cfg: dict[str, Any]) -> None:
         profiler.enable()
         await body(rounds + 1)
         profiler.disable()
-        _RESULT["profile"] = _top(profiler, cfg.get("profile_top", 25))
+        _RESULT["profile"] = top_functions(profiler, cfg.get("profile_top", 25))
 
 
-def _top(profiler: cProfile.Profile, limit: int) -> list[dict[str, Any]]:
-    """The functions with the most own time: file:function, own and cumulative share."""
+def top_functions(profiler: cProfile.Profile, limit: int) -> list[dict[str, Any]]:
+    """The functions with the most own time: file:function, own and cumulative share.
+
+    Args:
+        profiler: A profiler that has run.
+        limit: How many functions to keep.
+    """
     stats = pstats.Stats(profiler, stream=io.StringIO())
     total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
     rows = []
@@ -204,4 +209,4 @@ async def _npy(embedder: Embedder, cfg: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main, config().get("loop"))

@@ -20,7 +20,7 @@ import aiohttp
 import msgspec
 import numpy as np
 
-from benchmarks.peers._peer import Rounds, arrivals, config, emit, percentile, texts
+from benchmarks.peers._peer import Rounds, arrivals, config, emit, percentile, run, texts
 
 
 class _Item(msgspec.Struct):
@@ -118,4 +118,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main, config().get("loop"))
