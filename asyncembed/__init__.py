@@ -41,6 +41,7 @@ from ._models import Usage as Usage
 from ._stats import Stats as Stats
 from ._store import Cache as Cache
 from ._store import StoreError as StoreError
+from ._sync import SyncEmbedder as SyncEmbedder
 from ._transport import RawResponse as RawResponse
 from ._transport import Transport as Transport
 from ._version import __version__ as __version__
@@ -85,6 +86,7 @@ __all__ = [
     "ServiceUnavailableError",
     "Stats",
     "StoreError",
+    "SyncEmbedder",
     "Timeouts",
     "Transport",
     "UnprocessableEntityError",

@@ -1,0 +1,476 @@
+"""``SyncEmbedder``: one :class:`Embedder` on a background event-loop thread, for code
+that is not async (scripts, WSGI views, thread pools, notebooks without ``await``).
+
+Every call is a coroutine of the one Embedder, scheduled on the background loop with
+``asyncio.run_coroutine_threadsafe``; the calling thread blocks on its future. Calls
+made at the same time from many threads therefore meet in the Embedder's batcher and
+share requests, exactly as concurrent tasks do. Nothing here batches, retries or
+decodes: that all stays in the Embedder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import enum
+import itertools
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any, TypedDict, TypeVar, Unpack, overload
+
+import anyio
+
+from ._clock import Clock
+from ._config import Batching, Limits, Retry, Timeouts
+from ._embedder import Embedder
+from ._exceptions import EmbedderClosedError
+from ._models import ProviderPreferences
+from ._stats import Stats
+from ._store import Cache
+from ._transport import Transport
+from ._types import EncodingFormat, Matrix, Vector
+
+__all__ = ["EmbedderOptions", "SyncEmbedder"]
+
+T = TypeVar("T")
+K = TypeVar("K")
+
+# How long interpreter exit waits for an open SyncEmbedder to cancel its work and
+# close its HTTP session; its thread is a daemon, so a stuck loop cannot hang exit.
+_EXIT_GRACE = 5.0
+_END: Any = object()  # the stream's end, passed through the rendezvous channel
+_names = itertools.count(1)
+
+
+class EmbedderOptions(TypedDict, total=False):
+    """The keyword options of :class:`Embedder`, for the wrappers that build Embedders.
+
+    ``session`` is left out on purpose: an ``aiohttp.ClientSession`` belongs to one
+    event loop, and the wrappers run their Embedders on loops of their own.
+    ``tests/test_sync.py`` checks that these keys are exactly Embedder's other
+    keywords, so this list cannot drift from the real signature.
+    """
+
+    api_key: str | None
+    base_url: str | None
+    batching: Batching | None
+    limits: Limits | None
+    retry: Retry | None
+    timeouts: Timeouts | None
+    provider: ProviderPreferences | None
+    dimensions: int | None
+    encoding_format: EncodingFormat
+    input_type: str | None
+    user: str | None
+    app_url: str | None
+    app_title: str | None
+    transport: Transport | None
+    allow_insecure: bool
+    cache: Cache | str | os.PathLike[str] | None
+    clock: Clock | None
+
+
+class _State(enum.Enum):
+    UNSTARTED = 1
+    RUNNING = 2
+    CLOSED = 3
+
+
+class _Host:
+    """What runs on the background loop: it holds the Embedder open and counts calls.
+
+    The loop is stopped only once the Embedder is closed and every call wrapper has
+    returned, so no caller's result is lost to the loop's final cancellation.
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self.task: asyncio.Task[None] | None = None
+        self.stop_requested: asyncio.Event | None = None
+        self.cancel_pending = False
+        self.active = 0
+        self.idle: asyncio.Event | None = None
+        self.streams: set[asyncio.Task[Any]] = set()
+
+    async def serve(self, opened: concurrent.futures.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.stop_requested = asyncio.Event()
+        self.idle = asyncio.Event()
+        try:
+            async with self.embedder:
+                opened.set_result(None)
+                await self.stop_requested.wait()
+                await self.embedder.aclose(cancel_pending=self.cancel_pending)
+            # A stream may wait for a consumer that is gone; the other calls return
+            # promptly now that the Embedder is closed.
+            for task in self.streams:
+                task.cancel()
+            while self.active:
+                self.idle.clear()
+                await self.idle.wait()
+        except BaseException as exc:
+            if not opened.done():
+                opened.set_exception(exc)
+            raise
+        finally:
+            loop.stop()
+
+    def request_stop(self, cancel_pending: bool, abort: bool) -> None:
+        """Close the Embedder (``abort``: at once, cancelling the requests in flight)."""
+        if abort and self.task is not None:
+            self.task.cancel()
+        self.cancel_pending = self.cancel_pending or cancel_pending
+        if self.stop_requested is not None:
+            self.stop_requested.set()
+
+    async def run(self, make: Callable[[], Coroutine[Any, Any, T]], *, stream: bool) -> T:
+        self.active += 1
+        task = asyncio.current_task()
+        if stream and task is not None:
+            self.streams.add(task)
+        try:
+            return await make()
+        finally:
+            self.active -= 1
+            if stream and task is not None:
+                self.streams.discard(task)
+            if not self.active and self.idle is not None:
+                self.idle.set()
+
+
+class _Pump:
+    """One task that drives an Embedder's stream from start to end, whatever thread
+    consumes it, handing blocks over a rendezvous channel (so nothing is read ahead
+    beyond the stream's own window)."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = anyio.create_memory_object_stream[Any]()
+        self.task: asyncio.Task[Any] | None = None
+        self.stopped = False
+
+    async def run(self, embedder: Embedder, items: Iterable[Any], window: int | None) -> None:
+        self.task = asyncio.current_task()
+        async with self.send:
+            if self.stopped:
+                return
+            async with aclosing(embedder.stream(items, window=window)) as blocks:
+                async for block in blocks:
+                    await self.send.send(block)
+
+    async def next(self) -> Any:
+        try:
+            return await self.receive.receive()
+        except anyio.EndOfStream:
+            return _END
+
+    async def stop(self) -> None:
+        """Cancel the stream (and so its batches in flight) and wait until it is done."""
+        self.stopped = True
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The background thread: run the loop until the host stops it, then tidy up."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        # Running the loop once more also delivers results whose callbacks the
+        # loop's stop left in the ready queue.
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+class SyncEmbedder:
+    """A blocking, thread-safe face of :class:`Embedder`, with the same options.
+
+    It runs one Embedder on an event loop in a background daemon thread, started on
+    the first call. Calls from any number of threads at the same time share requests::
+
+        with asyncembed.SyncEmbedder("openai/text-embedding-3-small") as embedder:
+            vector = embedder.embed("hello")          # float32, shape (d,)
+            matrix = embedder.embed_many(["a", "b"])  # float32, shape (2, d)
+
+    Ctrl-C (``KeyboardInterrupt``) while a call waits ends that call at once: its
+    coroutine is cancelled on the loop, and other callers' texts in the same request
+    are unharmed. A call made from inside a running event loop works too, but blocks
+    that loop like any blocking call until it returns (in async code, use
+    :class:`Embedder` instead).
+
+    Args:
+        model: The model id, e.g. ``"openai/text-embedding-3-small"``.
+        **options: Any keyword option of :class:`Embedder` (``api_key``, ``base_url``,
+            ``batching``, ``limits``, ``retry``, ``timeouts``, ``dimensions``,
+            ``cache``...), with the same meaning, except ``session``: an
+            ``aiohttp.ClientSession`` belongs to one event loop (use ``transport``).
+
+    Raises:
+        ValueError: a bad option, as :class:`Embedder` raises it (checked here,
+            before any thread starts).
+        TypeError: an unknown keyword, or ``session``.
+    """
+
+    def __init__(self, model: str, **options: Unpack[EmbedderOptions]) -> None:
+        if "session" in options:
+            raise TypeError(
+                "SyncEmbedder takes no session=: an aiohttp session belongs to one event "
+                "loop, and SyncEmbedder runs its own (pass transport= to customise HTTP)"
+            )
+        self._embedder = Embedder(model, **options)
+        self._lock = threading.Lock()
+        self._state = _State.UNSTARTED
+        self._host: _Host | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def model(self) -> str:
+        """The model id."""
+        return self._embedder.model
+
+    @property
+    def base_url(self) -> str:
+        """The API root in force."""
+        return self._embedder.base_url
+
+    @property
+    def dimensions(self) -> int | None:
+        """The ``dimensions`` asked for, or ``None``."""
+        return self._embedder.dimensions
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of the Embedder's counters and live gauges (:class:`Stats`)."""
+        return self._embedder.stats
+
+    def __repr__(self) -> str:
+        stats = self._embedder.stats
+        return (
+            f"<SyncEmbedder model={self.model!r} state={self._state.name} "
+            f"in_flight={stats.in_flight} queued={stats.queued}>"
+        )
+
+    def __enter__(self) -> SyncEmbedder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_state", None) is _State.RUNNING:
+            _warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+            self._stop(cancel_pending=True, abort=False)
+
+    # -- calls -----------------------------------------------------------------
+
+    def embed(self, text: str, *, timeout: float | None = None) -> Vector:
+        """Embed one text; calls made at the same time, from any threads, share requests.
+
+        Args:
+            text: A non-empty string.
+            timeout: Seconds to wait at most (``None``: until the retry policy gives up).
+
+        Returns:
+            A float32 vector, shape ``(d,)``.
+
+        Raises:
+            KeyboardInterrupt: Ctrl-C while waiting; this call is cancelled, others go on.
+            EmbedderClosedError: the SyncEmbedder is closed.
+            RuntimeError: called from the SyncEmbedder's own loop thread.
+            The errors of :meth:`Embedder.embed` (``TypeError``,
+                ``InvalidInputError``, ``APITimeoutError``, ``APIStatusError``...),
+                with their types.
+        """
+        return self._call(lambda: self._embedder.embed(text, timeout=timeout))
+
+    def embed_many(
+        self, texts: Sequence[str] | Sequence[Sequence[int]], *, timeout: float | None = None
+    ) -> Matrix:
+        """Embed a list of texts (or token-id lists) in batches sent concurrently.
+
+        Args:
+            texts: The texts, or token-id lists.
+            timeout: Seconds to wait at most (``None``: until the retry policy gives up).
+
+        Returns:
+            A float32 matrix, shape ``(len(texts), d)``, in input order.
+
+        Raises:
+            KeyboardInterrupt: Ctrl-C while waiting; the batches of this call are cancelled.
+            EmbedderClosedError: the SyncEmbedder is closed.
+            RuntimeError: called from the SyncEmbedder's own loop thread.
+            The errors of :meth:`Embedder.embed_many` (``PartialResultError``...).
+        """
+        return self._call(lambda: self._embedder.embed_many(texts, timeout=timeout))
+
+    @overload
+    def stream(
+        self, items: Iterable[str], *, window: int | None = None
+    ) -> Generator[tuple[int, Matrix]]: ...
+    @overload
+    def stream(
+        self, items: Iterable[tuple[K, str]], *, window: int | None = None
+    ) -> Generator[tuple[list[K], Matrix]]: ...
+    def stream(self, items: Iterable[Any], *, window: int | None = None) -> Generator[Any]:
+        """Embed a corpus of any size with bounded memory, yielding blocks in input order.
+
+        A generator over :meth:`Embedder.stream`: ``(start, matrix)`` blocks for texts,
+        ``(ids, matrix)`` for ``(id, text)`` pairs. ``items`` is read on the background
+        thread, ``window`` batches ahead of what you have consumed, so it must not call
+        this SyncEmbedder itself. Stopping early (``break``, ``close()``, Ctrl-C)
+        cancels the batches in flight before the generator returns.
+
+        Args:
+            items: An iterable of texts or of ``(id, text)`` pairs.
+            window: Batches in flight at most (default ``2 * max_concurrency``).
+
+        Raises:
+            EmbedderClosedError: the SyncEmbedder is closed (on the first ``next()``).
+            The errors of :meth:`Embedder.stream`, with their types, while iterating.
+        """
+        pump = _Pump()
+        with pump.receive:
+            try:
+                done = self._submit(lambda: pump.run(self._embedder, items, window), stream=True)
+            except BaseException:
+                pump.send.close()
+                raise
+            try:
+                while (block := self._call(pump.next)) is not _END:
+                    yield block
+                self._wait(done)  # the stream's own error, if it ended with one
+            finally:
+                if not done.done():
+                    try:
+                        self._call(pump.stop)
+                    except EmbedderClosedError:
+                        concurrent.futures.wait([done])  # close() cancels the stream
+                pump.send.close()  # in case the pump never ran (idempotent)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Send what is queued, wait for the requests in flight, stop the thread.
+
+        Idempotent and callable from any thread (not from the SyncEmbedder's own loop
+        thread); a second caller waits for the first. Later calls raise
+        :class:`EmbedderClosedError`.
+
+        Raises:
+            RuntimeError: called from the SyncEmbedder's own loop thread.
+        """
+        self._check_thread()
+        self._stop(cancel_pending=False, abort=False)
+        if self._thread is not None:
+            self._thread.join()
+
+    def _stop(self, *, cancel_pending: bool, abort: bool) -> None:
+        with self._lock:
+            running = self._state is _State.RUNNING
+            self._state = _State.CLOSED
+        if running and self._host is not None and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._host.request_stop, cancel_pending, abort)
+            except RuntimeError:  # the loop has stopped already
+                pass
+
+    def _start(self) -> tuple[_Host, asyncio.AbstractEventLoop]:
+        # Called with the lock held, so two first calls start one thread.
+        host = _Host(self._embedder)
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(
+            target=_run_loop, args=(loop,), name=f"asyncembed-sync-{next(_names)}", daemon=True
+        )
+        self._host, self._loop, self._thread = host, loop, thread
+        thread.start()
+        opened: concurrent.futures.Future[None] = concurrent.futures.Future()
+        asyncio.run_coroutine_threadsafe(host.serve(opened), loop)
+        try:
+            opened.result()
+        except BaseException:
+            # The Embedder could not open, or Ctrl-C came while it was opening.
+            self._state = _State.CLOSED
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(host.request_stop, True, True)
+            thread.join()
+            raise
+        self._state = _State.RUNNING
+        _LIVE.add(self)
+        return host, loop
+
+    def _check_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.ident == threading.get_ident():
+            raise RuntimeError(
+                "a SyncEmbedder cannot be called from its own event loop thread "
+                "(for example from the iterable given to stream())"
+            )
+
+    def _submit(
+        self, make: Callable[[], Coroutine[Any, Any, T]], *, stream: bool = False
+    ) -> concurrent.futures.Future[T]:
+        self._check_thread()
+        # Under the lock, so that a call is either scheduled before close()'s stop
+        # request (and then served) or refused: never left on a stopped loop.
+        with self._lock:
+            if self._state is _State.CLOSED:
+                raise EmbedderClosedError("the SyncEmbedder is closed")
+            if self._state is _State.UNSTARTED:
+                host, loop = self._start()
+            else:
+                assert self._host is not None and self._loop is not None
+                host, loop = self._host, self._loop
+            return asyncio.run_coroutine_threadsafe(host.run(make, stream=stream), loop)
+
+    def _call(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        return self._wait(self._submit(make))
+
+    @staticmethod
+    def _wait(future: concurrent.futures.Future[T]) -> T:
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise EmbedderClosedError("the SyncEmbedder was closed during this call") from None
+        except BaseException:
+            # Ctrl-C (or another exception raised in this thread while waiting): the
+            # coroutine on the loop is cancelled; a finished future ignores this.
+            future.cancel()
+            raise
+
+
+_LIVE: weakref.WeakSet[SyncEmbedder] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    # Daemon threads die mid-request at exit; closing first shuts the HTTP session
+    # cleanly (no "unclosed" warnings), after failing what is still queued.
+    threads = []
+    for embedder in list(_LIVE):
+        embedder._stop(cancel_pending=True, abort=True)
+        threads.append(embedder._thread)
+    for thread in threads:
+        if thread is not None:
+            thread.join(_EXIT_GRACE)
