@@ -386,6 +386,10 @@ class SyncEmbedder:
         if self._thread is not None:
             self._thread.join()
 
+    def _discard(self) -> None:
+        """Stop without a warning or waiting, for owners that are being collected."""
+        self._stop(cancel_pending=False, abort=False)
+
     def _stop(self, *, cancel_pending: bool, abort: bool) -> None:
         with self._lock:
             running = self._state is _State.RUNNING
