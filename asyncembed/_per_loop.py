@@ -124,6 +124,18 @@ class PerLoop:
         """Embed a list of texts on the running loop's Embedder, in batches."""
         return await (await self.embedder()).embed_many(texts)
 
+    async def embed_chunk(self, texts: Sequence[str]) -> list[Vector]:
+        """Embed a list that a framework cut out of a larger one.
+
+        A chunk smaller than one request (``Batching.max_size``) goes through the
+        coalescer with the other chunks in flight, so a framework's small chunks
+        gathered at once still fill requests; a larger one goes to ``embed_many``.
+        """
+        if len(texts) >= self.sync.batching.max_size:
+            return list(await self.embed_many(texts))
+        embedder = await self.embedder()
+        return await asyncio.gather(*(embedder.embed(text) for text in texts))
+
     def _take_hosts(self) -> list[tuple[asyncio.AbstractEventLoop, _LoopHost]]:
         with self._lock:
             self._closed = True

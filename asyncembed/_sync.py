@@ -256,6 +256,11 @@ class SyncEmbedder:
         return self._embedder.dimensions
 
     @property
+    def batching(self) -> Batching:
+        """The batching settings in force."""
+        return self._embedder.batching
+
+    @property
     def stats(self) -> Stats:
         """A snapshot of the Embedder's counters and live gauges (:class:`Stats`)."""
         return self._embedder.stats
@@ -425,8 +430,8 @@ class SyncEmbedder:
         return host, loop
 
     def _check_thread(self) -> None:
-        thread = self._thread
-        if thread is not None and thread.ident == threading.get_ident():
+        # Identity, not thread ids: an id is reused once its thread has ended.
+        if threading.current_thread() is self._thread:
             raise RuntimeError(
                 "a SyncEmbedder cannot be called from its own event loop thread "
                 "(for example from the iterable given to stream())"

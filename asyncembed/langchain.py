@@ -101,13 +101,15 @@ class AsyncembedEmbeddings(Embeddings):
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents on the running loop, in batches sent concurrently.
 
+        A list shorter than one request (``Batching.max_size``) shares requests with
+        the other calls in flight, as :meth:`aembed_query` does; a longer one is sent
+        as its own batches (:meth:`asyncembed.Embedder.embed_many`).
+
         Raises:
-            The errors of :meth:`asyncembed.Embedder.embed_many`.
+            The errors of :meth:`asyncembed.Embedder.embed` (short lists) or
+            :meth:`asyncembed.Embedder.embed_many` (long ones).
         """
-        if not texts:
-            return []
-        vectors: list[list[float]] = (await self._embedders.embed_many(texts)).tolist()
-        return vectors
+        return [vector.tolist() for vector in await self._embedders.embed_chunk(texts)]
 
     async def aembed_query(self, text: str) -> list[float]:
         """Embed one query on the running loop; concurrent calls share requests.

@@ -95,6 +95,16 @@ async def test_200_concurrent_queries_share_a_few_requests(server: ServerThread)
     await embeddings.aclose()
 
 
+async def test_concurrent_short_document_lists_share_requests(server: ServerThread) -> None:
+    async with AsyncembedEmbeddings(MODEL, base_url=server.server.base_url) as embeddings:
+        lists = [[f"doc {i}a", f"doc {i}b"] for i in range(100)]
+        results = await asyncio.gather(*(embeddings.aembed_documents(d) for d in lists))
+        long = [f"long {i}" for i in range(600)]
+        assert await embeddings.aembed_documents(long) == [vector(t) for t in long]
+    assert results[42] == [vector("doc 42a"), vector("doc 42b")]
+    assert server.server.requests_count <= 2 + 3  # measured: 1 + 3 (600 = 256 + 256 + 88)
+
+
 def test_queries_from_many_threads_share_requests(server: ServerThread) -> None:
     with AsyncembedEmbeddings(
         MODEL, base_url=server.server.base_url, batching=Batching(max_wait=0.05)

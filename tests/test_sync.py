@@ -294,6 +294,7 @@ CHILD = textwrap.dedent(
     """
     import json, signal, sys, threading, time
     import numpy as np
+    import asyncembed._sync
     from asyncembed import Batching, EmbedderClosedError, SyncEmbedder
     from asyncembed.testing import expected_vector, wait_until
     from server_thread import ServerThread
@@ -325,6 +326,9 @@ CHILD = textwrap.dedent(
 
     threading.Thread(target=interrupt, daemon=True).start()
     if MODE == "uncaught":
+        # Exit may wait this long for a loop that does not stop: longer than the
+        # requests, so only cancelling them makes exit prompt.
+        asyncembed._sync._EXIT_GRACE = 60.0
         # Another thread's request is in flight too when Ctrl-C ends the script.
         def background():
             try:
@@ -393,11 +397,10 @@ def test_ctrl_c_ends_only_the_interrupted_call() -> None:
 
 
 def test_uncaught_ctrl_c_exits_promptly_and_quietly() -> None:
-    # The requests in flight would take 30 s: exit cancels them instead of waiting
-    # (up to 5 s for a loop that does not stop, then the daemon thread is dropped).
+    # The requests in flight would take 30 s: exit cancels them instead of waiting.
     child = run_child("uncaught", 30.0, 0.0)
     exited = time.time()
-    assert exited - float(child.stdout) < 3.0
+    assert exited - float(child.stdout) < 10.0  # measured: ~0.1 s
     assert child.returncode == -2, (child.returncode, child.stderr)  # killed by SIGINT
     assert child.stderr.rstrip().endswith("KeyboardInterrupt"), child.stderr
     for noise in ("Warning", "Exception ignored", "Task was destroyed", "Unclosed"):
