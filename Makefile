@@ -97,7 +97,7 @@ dist: $(STAMP)
 	$(BIN)/twine check --strict dist/*
 
 demo: $(STAMP)
-	mkdir -p out && $(BIN)/python -m asyncembed embed asyncembed/data/corpus.txt -o out/demo.npy --local --local-latency 0.2 --batch-size 64 --concurrency 4 --model openai/text-embedding-3-small --query "the sea at night"
+	mkdir -p out && $(BIN)/python -m asyncembed embed asyncembed/data/corpus.txt -o out/demo.npy --overwrite --local --local-latency 0.2 --batch-size 64 --concurrency 4 --model openai/text-embedding-3-small --query "the sea at night"
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

@@ -1,5 +1,6 @@
 """asyncembed: an asyncio-first batching client for OpenRouter-compatible embeddings APIs."""
 
+from ._cache import Cache as Cache
 from ._clock import Clock as Clock
 from ._codec import Embeddings as Embeddings
 from ._config import Batching as Batching
@@ -20,6 +21,7 @@ from ._exceptions import GatewayTimeoutError as GatewayTimeoutError
 from ._exceptions import InputTooLongError as InputTooLongError
 from ._exceptions import InternalServerError as InternalServerError
 from ._exceptions import InvalidInputError as InvalidInputError
+from ._exceptions import MissingExtraError as MissingExtraError
 from ._exceptions import NotFoundError as NotFoundError
 from ._exceptions import PartialResultError as PartialResultError
 from ._exceptions import PayloadTooLargeError as PayloadTooLargeError
@@ -30,6 +32,7 @@ from ._exceptions import ProviderOverloadedError as ProviderOverloadedError
 from ._exceptions import RateLimitError as RateLimitError
 from ._exceptions import RequestTimeoutError as RequestTimeoutError
 from ._exceptions import ServiceUnavailableError as ServiceUnavailableError
+from ._exceptions import StoreError as StoreError
 from ._exceptions import UnprocessableEntityError as UnprocessableEntityError
 from ._models import EmbeddingRequest as EmbeddingRequest
 from ._models import EmbeddingResponse as EmbeddingResponse
@@ -39,8 +42,6 @@ from ._models import ProviderPreferences as ProviderPreferences
 from ._models import ProviderSort as ProviderSort
 from ._models import Usage as Usage
 from ._stats import Stats as Stats
-from ._store import Cache as Cache
-from ._store import StoreError as StoreError
 from ._sync import SyncEmbedder as SyncEmbedder
 from ._transport import RawResponse as RawResponse
 from ._transport import Transport as Transport
@@ -69,6 +70,7 @@ __all__ = [
     "InvalidInputError",
     "Limits",
     "MaxPrice",
+    "MissingExtraError",
     "NotFoundError",
     "PartialResultError",
     "PayloadTooLargeError",

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from ._batches import Outcome
+from ._batch_runner import Outcome
 from ._clock import Clock
 from ._config import Batching
 from ._exceptions import EmbedderClosedError

@@ -1,16 +1,21 @@
 """The ``asyncembed`` command: ``embed`` a corpus file, ``serve`` the local server, ``bench``.
 
-A thin adapter: it parses options, builds an :class:`~asyncembed.Embedder`, and hands
-the work to :class:`~asyncembed._bulk.BulkJob` and :class:`~asyncembed._progress.Progress`.
+A thin adapter: it parses options (:mod:`asyncembed._cli_args`), builds an
+:class:`~asyncembed.Embedder`, and hands the work to :class:`~asyncembed._bulk.BulkJob`
+and :class:`~asyncembed._bulk.Progress`.
 
 Exit codes: 0 done; 1 the API failed; 2 bad usage or input (one ``asyncembed: error:``
-line on stderr, never a traceback); 130 interrupted (Ctrl-C), progress saved when
-``--resume`` names a state file.
+line on stderr, never a traceback); 3 the output or state could not be written; 130
+interrupted (Ctrl-C), progress saved when ``--resume`` names a state file.
 
-Output rule: the output is written under a temporary name and renamed over OUTPUT only
-when complete, so an existing OUTPUT is replaced atomically at the end of a successful
-run and left untouched otherwise. Without ``--resume`` an interrupted run keeps
-nothing; with it, running the same command again continues where it stopped.
+Output rule: an existing OUTPUT is refused unless ``--overwrite`` is given or
+``--resume`` names the state of its job. The output is written under a temporary name
+and renamed over OUTPUT only when complete, so a replaced OUTPUT is left untouched when
+the run fails. Without ``--resume`` an interrupted run keeps nothing; with it, running
+the same command again continues where it stopped.
+
+The library's messages name its Python options (``Batching(truncate=True)``); what
+reaches a CLI user names the flags instead (:func:`cli_terms`).
 """
 
 from __future__ import annotations
@@ -31,30 +36,34 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import numpy as np
 
-from ._bulk import BulkJob, BulkResult
+from ._bulk import BulkJob, BulkResult, Progress, nearest_rows, texts_at
+from ._cli_args import (
+    CLI_TERMS,
+    LOCAL_DIMENSIONS,
+    LOCAL_MODELS,
+    build_parser,
+    cli_terms,
+    warnings_on_stderr,
+)
 from ._config import Batching, Limits
-from ._embedder import Embedder, is_openrouter, resolve_base_url
+from ._embedder import Embedder
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
     BudgetExceededError,
+    InputFileError,
     InvalidInputError,
+    JobIOError,
+    MissingExtraError,
+    OutputFileError,
     PartialResultError,
     ProtocolError,
+    StoreError,
 )
-from ._io import InputFileError, JobIOError, MissingExtraError, OutputFileError
-from ._progress import Progress
-from ._readers import open_reader
-from ._store import StoreError
-from ._version import __version__
-from .testing import LocalServer, add_serve_arguments, run_serve
+from ._transport import is_openrouter, resolve_base_url
 
-__all__ = ["main"]
-
-LOCAL_DIMENSIONS = 384
-"""The vector length of ``--local`` when ``--dimensions`` is not given."""
+__all__ = ["CLI_TERMS", "LOCAL_DIMENSIONS", "LOCAL_MODELS", "cli_terms", "main"]
 
 _API_ERRORS = (
     APIStatusError,
@@ -79,89 +88,10 @@ class _UsageError(Exception):
     """A bad combination of options, found after parsing (exit 2)."""
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from .testing import add_serve_arguments  # the test server is imported only to be served
 
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _add_client_arguments(p: argparse.ArgumentParser, *, model: str | None) -> None:
-    p.add_argument(
-        "--model",
-        required=model is None,
-        default=model,
-        help="embedding model, e.g. openai/text-embedding-3-small",
-    )
-    p.add_argument("--concurrency", type=_positive, default=16, help="requests in flight at most")
-    p.add_argument("--local", action="store_true", help="use an in-process local server")
-    p.add_argument(
-        "--local-latency",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="with --local: seconds the server takes per request, like a real API",
-    )
-    p.add_argument("--base-url", help="API root (default: $OPENROUTER_BASE_URL or OpenRouter)")
-    p.add_argument(
-        "--api-key-env",
-        metavar="NAME",
-        help="environment variable holding the API key, sent to any --base-url "
-        "(default: $OPENROUTER_API_KEY, sent only to OpenRouter)",
-    )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="asyncembed", description="Batching client for OpenRouter-compatible embeddings."
-    )
-    parser.add_argument("--version", action="version", version=f"asyncembed {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    embed = sub.add_parser("embed", help="embed a corpus file into .npy/.jsonl/.parquet")
-    embed.add_argument("input", metavar="INPUT", help=".txt, .jsonl, .csv or .parquet corpus")
-    embed.add_argument("-o", "--output", required=True, help=".npy, .jsonl or .parquet file")
-    _add_client_arguments(embed, model=None)
-    add = embed.add_argument
-    add("--field", "--column", dest="field", help="JSON field / column with the text")
-    add("--id-field", "--id-column", dest="id_field", help="JSON field / column with ids")
-    add("--batch-size", type=_positive, default=256, help="texts per request (default 256)")
-    add("--rpm", type=_positive, help="client-side requests-per-minute limit")
-    add("--tpm", type=_positive, help="client-side tokens-per-minute limit")
-    add("--dimensions", type=_positive, help="ask for vectors of this length")
-    add(
-        "--max-cost",
-        type=_non_negative,
-        metavar="CREDITS",
-        help="spending cap: send no request that would take the billed cost past this",
-    )
-    add("--resume", metavar="STATE", help="SQLite job state file: makes the run resumable")
-    add("--cache", metavar="PATH", help="SQLite embeddings cache shared across runs")
-    add("--encoding", choices=("base64", "float"), default="base64", help="wire encoding")
-    add("--checkpoint-every", type=float, default=0.0, metavar="SECONDS", help=argparse.SUPPRESS)
-    add("--query", metavar="TEXT", help="after writing (.npy), print the 3 nearest texts")
-    add("--quiet", action="store_true", help="no progress display")
-
-    serve = sub.add_parser("serve", help="run the local OpenRouter-compatible server")
-    add_serve_arguments(serve)
-
-    bench = sub.add_parser("bench", help="a quick throughput check, JSON lines on stdout")
-    _add_client_arguments(bench, model="openai/text-embedding-3-small")
-    bench.add_argument("--texts", type=_positive, default=10_000, help="texts per phase")
-    return parser
+    add_serve_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,21 +101,31 @@ def main(argv: list[str] | None = None) -> int:
         argv: The arguments after the program name (``None``: ``sys.argv[1:]``).
 
     Returns:
-        The exit code: 0 done, 1 API failure, 2 bad usage or input, 3 the output or
-        state could not be written (a full disk), 130 interrupted (143 on SIGTERM).
+        The exit code: 0 done (or the help, for no arguments), 1 API failure, 2 bad
+        usage or input, 3 the output or state could not be written (a full disk), 130
+        interrupted (143 on SIGTERM).
     """
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command, add_serve_arguments=_add_serve_arguments)
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
+    if args.command is None:
+        parser.print_help()
+        return 0
     run = _Run()
     try:
-        if args.command == "serve":
-            asyncio.run(run_serve(args))
-        elif args.command == "bench":
-            asyncio.run(_bench(args))
-        else:
-            asyncio.run(_embed(args, run))
+        with warnings_on_stderr():
+            if args.command == "serve":
+                from .testing import run_serve
+
+                asyncio.run(run_serve(args))
+            elif args.command == "bench":
+                asyncio.run(_bench(args))
+            else:
+                asyncio.run(_embed(args, run))
     except KeyboardInterrupt:
         sys.stderr.write(f"asyncembed: interrupted{run.interrupted_hint()}\n")
         return 0 if args.command == "serve" else 130
@@ -206,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fail(error: BaseException, code: int) -> int:
     message = " ".join(str(error).split()) or type(error).__name__
-    sys.stderr.write(f"asyncembed: error: {message}\n")
+    sys.stderr.write(f"asyncembed: error: {cli_terms(message)}\n")
     return code
 
 
@@ -239,22 +179,50 @@ class _Run:
         )
 
 
+def _check_local(args: argparse.Namespace) -> dict[str, int]:
+    """The models ``--local`` serves, with their vector length; refuse what it cannot do."""
+    if args.base_url:
+        raise _UsageError("--local and --base-url cannot be used together")
+    if args.local_latency < 0:
+        raise _UsageError("--local-latency must be >= 0")
+    names = sorted({*LOCAL_MODELS, *args.local_model})
+    if args.model not in names:
+        # As the real service would refuse it, but before anything is read or written.
+        raise _UsageError(
+            f"--local serves these models: {', '.join(names)}; not {args.model!r} "
+            f"(add it with --local-model {args.model})"
+        )
+    dims = getattr(args, "dimensions", None) or LOCAL_DIMENSIONS
+    return dict.fromkeys(names, dims)
+
+
 @asynccontextmanager
 async def _client(args: argparse.Namespace, **options: Any) -> AsyncIterator[Embedder]:
     """An open Embedder for the options, against an in-process server with ``--local``."""
     async with AsyncExitStack() as stack:
         if args.local:
-            if args.base_url:
-                raise _UsageError("--local and --base-url cannot be used together")
-            dims = getattr(args, "dimensions", None) or LOCAL_DIMENSIONS
-            if args.local_latency < 0:
-                raise _UsageError("--local-latency must be >= 0")
-            server = LocalServer(dimensions=dims, latency=args.local_latency, record_requests=False)
+            models = _check_local(args)
+            from .testing import LocalServer  # --local only: the client never needs it
+
+            server = LocalServer(
+                models=models,
+                latency=args.local_latency,
+                # Equal latencies make concurrent requests land together, and the
+                # progress move in steps of `concurrency` batches: vary them, as an API does.
+                latency_jitter=0.5,
+                record_requests=False,
+            )
             await stack.enter_async_context(server)
             base_url, api_key = server.base_url, ""
         else:
             base_url, api_key = args.base_url, _api_key(args)
-        embedder = Embedder(args.model, base_url=base_url, api_key=api_key, **options)
+        embedder = Embedder(
+            args.model,
+            base_url=base_url,
+            api_key=api_key,
+            allow_insecure=args.allow_insecure,
+            **options,
+        )
         yield await stack.enter_async_context(embedder)
 
 
@@ -287,6 +255,23 @@ def _api_key(args: argparse.Namespace) -> str:
     return key
 
 
+def _check_embed_options(args: argparse.Namespace) -> None:
+    """Refuse a bad combination of options before any file is read or created."""
+    if args.query and not args.output.lower().endswith(".npy"):
+        raise _UsageError("--query needs a .npy output")
+    if args.checkpoint_every < 0:
+        raise _UsageError("--checkpoint-every must be >= 0")
+    if args.local:
+        _check_local(args)
+    if args.cache and args.local:
+        raise _UsageError(
+            "--cache with --local would store the local server's stand-in vectors under "
+            f"the name {args.model!r}; use a separate cache, or none, for --local runs"
+        )
+    if args.cache and _same_file(args.cache, args.input, args.output, args.resume):
+        raise _UsageError("--cache must be a file of its own, not the input, output or state")
+
+
 async def _embed(args: argparse.Namespace, run: _Run) -> None:
     task = asyncio.current_task()
     if task is not None:
@@ -294,10 +279,12 @@ async def _embed(args: argparse.Namespace, run: _Run) -> None:
         # progress is saved instead of lost. Only the main thread can take signals.
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    if args.query and not args.output.lower().endswith(".npy"):
-        raise _UsageError("--query needs a .npy output")
-    if args.checkpoint_every < 0:
-        raise _UsageError("--checkpoint-every must be >= 0")
+    _check_embed_options(args)
+    batching = Batching(
+        max_size=args.batch_size,
+        max_input_tokens=args.max_input_tokens,
+        truncate=args.truncate,
+    )
     job = run.job = BulkJob(
         args.input,
         args.output,
@@ -308,15 +295,9 @@ async def _embed(args: argparse.Namespace, run: _Run) -> None:
         state=args.resume,
         checkpoint_every=args.checkpoint_every,
         endpoint="local" if args.local else resolve_base_url(args.base_url),
-        batching=(batching := Batching(max_size=args.batch_size)),
+        batching=batching,
+        overwrite=args.overwrite,
     )
-    if args.cache and args.local:
-        raise _UsageError(
-            "--cache with --local would store the local server's stand-in vectors under "
-            f"the name {args.model!r}; use a separate cache, or none, for --local runs"
-        )
-    if args.cache and _same_file(args.cache, args.input, args.output, args.resume):
-        raise _UsageError("--cache must be a file of its own, not the input, output or state")
     await job.aopen()  # validation a Ctrl-C can stop
     with job:
         options: dict[str, Any] = {
@@ -342,15 +323,9 @@ async def _run_with_progress(job: BulkJob, embedder: Embedder, *, quiet: bool) -
     if quiet or job.complete:
         return await job.run(embedder)
     progress = Progress(job.total, done=job.done, stream=sys.stderr)
-
-    async def tick() -> None:
-        while True:
-            await anyio.sleep(progress.refresh if progress.tty else 0.5)
-            progress.update(job.done, embedder.stats)
-
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(tick)
+            tg.start_soon(progress.follow, lambda: job.done, lambda: embedder.stats)
             try:
                 result = await job.run(embedder)
             finally:
@@ -377,42 +352,18 @@ def _print_totals(result: BulkResult) -> None:
     out.flush()
 
 
-async def _print_nearest(
-    embedder: Embedder, args: argparse.Namespace, job: BulkJob, k: int = 3
-) -> None:
-    """Embed the query and print the ``k`` rows of the output nearest to it (cosine)."""
-    query = np.asarray(await embedder.embed(args.query), dtype=np.float64)
-    matrix = np.load(job.output, mmap_mode="r")
-    top: list[tuple[float, int]] = []  # the k best so far: memory bounded by k, not rows
-    step = 65_536
-    for start in range(0, len(matrix), step):
-        block = np.asarray(matrix[start : start + step], dtype=np.float64)
-        norms = np.linalg.norm(block, axis=1) * (np.linalg.norm(query) or 1.0)
-        scores = block @ query / np.where(norms == 0, 1.0, norms)
-        top.extend((float(scores[i]), start + int(i)) for i in np.argsort(-scores)[:k])
-        top = sorted(top, key=lambda pair: (-pair[0], pair[1]))[:k]
-    best = [row for _, row in top]
-    score_of = {row: score for score, row in top}
-    texts = _texts_at(job, set(best))
+async def _print_nearest(embedder: Embedder, args: argparse.Namespace, job: BulkJob) -> None:
+    """Embed the query and print the 3 rows of the output nearest to it (cosine)."""
+    best = nearest_rows(job.output, await embedder.embed(args.query), k=3)
+    texts = texts_at(job.input, {row for row, _ in best}, field=job.field, id_field=job.id_field)
     lines = [f"nearest to {args.query!r} (cosine):"]
-    for row in best:
+    for row, score in best:
         text = texts[row]
         shown = text if len(text) <= 90 else text[:87] + "..."
-        lines.append(f"  {score_of[row]:+.4f}  #{row + 1}  {shown}")
+        lines.append(f"  {score:+.4f}  #{row + 1}  {shown}")
     if args.local:
         lines.append("  (--local vectors are deterministic hashes, not meanings)")
     sys.stdout.write("\n".join(lines) + "\n")
-
-
-def _texts_at(job: BulkJob, rows: set[int]) -> dict[int, str]:
-    found: dict[int, str] = {}
-    reader = open_reader(job.input, field=job.field, id_field=job.id_field)
-    for row, (_, text) in enumerate(reader.records()):
-        if row in rows:
-            found[row] = text
-            if len(found) == len(rows):
-                break
-    return found
 
 
 async def _bench(args: argparse.Namespace) -> None:

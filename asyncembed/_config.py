@@ -115,6 +115,12 @@ class Retry:
     | ``timeout`` | 180.0 | seconds from the first try after which no retry starts |
     | ``initial_delay`` | 0.5 | backoff scale, seconds |
     | ``max_delay`` | 60.0 | backoff cap, seconds (a server's own delay is not capped) |
+    | ``unreachable_timeout`` | 10.0 | seconds to retry a server never reached (see below) |
+
+    A server that has never answered this client and refuses connections (or whose
+    name does not resolve) is most likely a wrong URL or a server not started: such
+    errors are retried for ``unreachable_timeout`` seconds only. Once it has answered,
+    connection errors are retried like any other fault.
 
     Raises:
         ValueError: a field is out of range.
@@ -124,9 +130,11 @@ class Retry:
     timeout: float = 180.0
     initial_delay: float = 0.5
     max_delay: float = 60.0
+    unreachable_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         _check(self.attempts >= 1, f"attempts must be >= 1, got {self.attempts!r}")
+        _positive("unreachable_timeout", self.unreachable_timeout, allow_zero=True)
         _positive("timeout", self.timeout)
         _positive("initial_delay", self.initial_delay, allow_zero=True)
         _positive("max_delay", self.max_delay, allow_zero=True)

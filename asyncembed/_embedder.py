@@ -1,80 +1,61 @@
-"""The public face: :class:`Embedder` wires batcher, scheduler, sender and transport."""
+"""The public face: :class:`Embedder` wires batcher, scheduler, sender and transport.
+
+Over 400 lines for a reason: it is the API reference of the main class (about half of
+the lines are its docstrings); the machinery lives in the modules it wires together.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import os
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
 import msgspec
-from anyio.abc import TaskGroup
 
+from ._batch_runner import BatchRunner, Outcome
 from ._batcher import Batcher
-from ._batches import BatchRunner, Outcome
+from ._cache import Cache
 from ._clock import Clock, SystemClock
 from ._codec import Embeddings
 from ._config import Batching, Limits, Retry, Timeouts
 from ._exceptions import APITimeoutError, EmbedderClosedError
 from ._inputs import TokenEstimator, check_many, check_tokens
+from ._lifecycle import Lifecycle, State
 from ._models import ProviderPreferences
 from ._scheduler import BULK, LIVE, Scheduler
 from ._sender import Deadline, RequestOptions, Sender
 from ._stats import Counters, Stats
-from ._store import Cache
 from ._stream import stream_blocks
-from ._transport import HTTPTransport, Transport
+from ._transport import HTTPTransport, Transport, resolve_api_key, resolve_base_url
 from ._types import EncodingFormat, Input, Matrix, Vector
 
-__all__ = ["DEFAULT_BASE_URL", "Embedder", "is_openrouter", "resolve_api_key", "resolve_base_url"]
-
-DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+__all__ = ["Embedder"]
 
 K = TypeVar("K")
-
-
-def resolve_base_url(base_url: str | None) -> str:
-    """The API root in force: the argument, else ``$OPENROUTER_BASE_URL``, else OpenRouter's."""
-    return base_url or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
-
-
-def is_openrouter(base_url: str) -> bool:
-    """Whether ``base_url`` is OpenRouter's own API (https on ``openrouter.ai``)."""
-    parts = urlsplit(base_url)
-    return parts.scheme == "https" and parts.hostname == "openrouter.ai"
-
-
-def resolve_api_key(api_key: str | None, base_url: str) -> str | None:
-    """The key to send: the argument, else ``$OPENROUTER_API_KEY`` for OpenRouter only.
-
-    The environment's key is the user's OpenRouter key: another endpoint (a proxy, vLLM,
-    a third party) gets a key only when one is passed explicitly.
-    """
-    if api_key is not None:
-        return api_key
-    return os.environ.get("OPENROUTER_API_KEY") if is_openrouter(base_url) else None
-
-
-class _State(enum.Enum):
-    UNOPENED = 1
-    OPENED = 2
-    CLOSED = 3
 
 
 class Embedder(anyio.AsyncContextManagerMixin):
     """An embeddings client that coalesces many small calls into few batched requests.
 
-    Use it as an async context manager; it owns a task group that sends the batches::
+    Create it anywhere; it starts on first use, in the event loop of that use, and
+    can then be used and closed from any task of that loop (like
+    ``aiohttp.ClientSession``)::
 
-        async with asyncembed.Embedder("openai/text-embedding-3-small") as embedder:
-            vector = await embedder.embed("hello")          # float32, shape (d,)
-            matrix = await embedder.embed_many(["a", "b"])  # float32, shape (2, d)
+        embedder = asyncembed.Embedder("openai/text-embedding-3-small")
+        vector = await embedder.embed("hello")          # float32, shape (d,)
+        matrix = await embedder.embed_many(["a", "b"])  # float32, shape (2, d)
+        await embedder.aclose()                         # e.g. in a shutdown hook
+
+    ``async with Embedder(...) as embedder:`` does the same and closes on exit; leaving
+    it on an exception cancels the requests in flight instead of waiting for them. An
+    Embedder garbage-collected after use without being closed emits a
+    ``ResourceWarning``.
 
     Args:
         model: The model id, e.g. ``"openai/text-embedding-3-small"``.
@@ -114,6 +95,9 @@ class Embedder(anyio.AsyncContextManagerMixin):
     Raises:
         ValueError: an empty model, a bad ``encoding_format`` or ``dimensions``, or a
             key that would be sent over plain HTTP to another machine.
+
+    Every call raises :class:`EmbedderClosedError` once it is closed, and
+    ``RuntimeError`` from an event loop other than the one it started in.
     """
 
     def __init__(
@@ -208,58 +192,45 @@ class Embedder(anyio.AsyncContextManagerMixin):
             counters=self._counters,
             cache=self.cache,
         )
+        self._life = Lifecycle()
         self._batcher = Batcher(
-            self.batching, self._estimator, self._clock, self._spawn, self._deliver, self._counters
+            self.batching,
+            self._estimator,
+            self._clock,
+            self._life.spawn,
+            self._deliver,
+            self._counters,
         )
-        self._state = _State.UNOPENED
-        self._tg: TaskGroup | None = None
-        self._tasks = 0  # background tasks and public calls in progress
-        self._idle: asyncio.Future[None] | None = None
-        self._closing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return (
-            f"<Embedder model={self.model!r} state={self._state.name} "
+            f"<Embedder model={self.model!r} state={self._life.state.name} "
             f"in_flight={self._scheduler.in_flight} queued={self._batcher.queued}>"
         )
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        if getattr(self, "_state", None) is _State.OPENED:
+        life = getattr(self, "_life", None)
+        if life is not None and life.state is State.OPENED:
             _warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Embedder]:
-        if self._state is not _State.UNOPENED:
-            raise EmbedderClosedError("an Embedder can be opened only once; create a new one")
-        failure: BaseException | None = None
+        if self._life.state is not State.UNOPENED:
+            raise EmbedderClosedError(
+                "an Embedder can be entered only once, before it is used; create a new one"
+            )
+        self._life.open()
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                self._state = _State.OPENED
-                try:
-                    yield self
-                except BaseException as exc:
-                    failure = exc
-                    # Leaving on an error or a cancellation: nothing more is sent, and
-                    # the requests in flight are cancelled (their callers get
-                    # EmbedderClosedError) instead of being waited for.
-                    self._state = _State.CLOSED
-                    self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
-                    tg.cancel_scope.cancel()
-                    raise
-                with anyio.CancelScope(shield=True):
-                    await self.aclose()
-        except BaseExceptionGroup as group:
-            # The task group wraps the caller's own exception; give it back as raised
-            # (our background tasks never fail: their errors go to the callers).
-            if failure is not None and group.subgroup(lambda e: e is failure) is not None:
-                raise failure from None
-            raise
-        finally:
-            self._tg = None
-            self._state = _State.CLOSED
+            yield self
+        except BaseException:
+            # Leaving on an error or a cancellation: nothing more is sent, and the
+            # requests in flight are cancelled (their callers get EmbedderClosedError)
+            # instead of being waited for.
             with anyio.CancelScope(shield=True):
-                await self._release()
+                await self._close(abort=True)
+            raise
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
 
     @property
     def stats(self) -> Stats:
@@ -272,6 +243,10 @@ class Embedder(anyio.AsyncContextManagerMixin):
             max_concurrency=self._scheduler.max_concurrency,
             encoding_format=self._sender.encoding_format,
             batch_cap=self._batches.learned_cap,
+            pending=self._batcher.waiting,
+            active=self._life.work,
+            paused_for=max(0.0, self._scheduler.paused_until - self._clock.now()),
+            chars_per_token=self._estimator.chars_per_token,
         )
 
     async def embed(self, text: str, *, timeout: float | None = None) -> Vector:
@@ -294,7 +269,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
             EmbedderClosedError: the Embedder is not open.
             APIStatusError, APIConnectionError, ProtocolError: the request failed.
         """
-        self._check_open()
+        self._life.check_open()
         text = self._estimator.check_text(text)
         _check_timeout(timeout)
         if timeout is None:
@@ -337,11 +312,11 @@ class Embedder(anyio.AsyncContextManagerMixin):
             ValueError: ``timeout`` is not a positive number.
             EmbedderClosedError, APIStatusError, APIConnectionError, ProtocolError.
         """
-        self._check_open()
+        self._life.check_open()
         items = check_many(texts, self._estimator)
         _check_timeout(timeout)
         at = None if timeout is None else self._clock.now() + timeout
-        with self._active(), anyio.move_on_after(timeout):
+        with self._life.active(), anyio.move_on_after(timeout):
             return await self._batches.embed_all(items, priority=BULK, deadline=lambda: at)
         raise APITimeoutError(f"embed_many() did not finish within {timeout} s")
 
@@ -373,7 +348,7 @@ class Embedder(anyio.AsyncContextManagerMixin):
                 for InvalidInputError, in ``index``).
             The errors of :meth:`embed_many`.
         """
-        self._check_open()
+        self._life.check_open()
         return stream_blocks(
             items,
             embed_chunk=self._embed_block,
@@ -402,43 +377,57 @@ class Embedder(anyio.AsyncContextManagerMixin):
                 ``Batching.max_input_tokens`` (:class:`InputTooLongError`).
             APIStatusError, APIConnectionError, ProtocolError: the request failed.
         """
-        self._check_open()
+        self._life.check_open()
         if isinstance(input, str):
             input = self._estimator.check_text(input)
         elif isinstance(input, list) and input and isinstance(input[0], int):
             input = check_tokens(input, max_tokens=self._estimator.max_input_tokens)
         else:
             input = check_many(input, self._estimator)
-        with self._active():
+        with self._life.active():
             return await self._sender.request(input, priority=LIVE, encoding_format=encoding_format)
+
+    def flush(self) -> None:
+        """Send the texts queued for the next batch now, without waiting for ``max_wait``.
+
+        Does not wait for their vectors (their ``embed()`` calls do). A no-op when
+        nothing is queued or the Embedder is not open.
+        """
+        if self._life.state is State.OPENED:
+            self._batcher.flush()
 
     async def aclose(self, *, cancel_pending: bool = False) -> None:
         """Send what is queued (or fail it), wait for requests in flight, close the session.
 
-        Idempotent. Called when leaving ``async with``.
+        Callable from any task of the Embedder's event loop; idempotent; concurrent
+        calls all return once it is closed. Called when leaving ``async with``. An
+        Embedder never used just releases what it holds (a cache opened from a path).
 
         Args:
             cancel_pending: Fail queued texts with :class:`EmbedderClosedError` instead
                 of sending them.
         """
-        if self._closing is not None:
-            await asyncio.shield(self._closing)  # another aclose() is at work: wait for it
+        await self._close(cancel_pending=cancel_pending)
+
+    async def _close(self, *, cancel_pending: bool = False, abort: bool = False) -> None:
+        """aclose(), or with ``abort`` (leaving ``async with`` on an error) also cancel
+        the requests in flight instead of waiting for them."""
+        life = self._life
+        opened = life.state is State.OPENED
+        if not await life.begin_close():
             return
-        if self._state is not _State.OPENED:
-            return
-        self._state = _State.CLOSED
-        self._closing = asyncio.get_running_loop().create_future()
         try:
-            if cancel_pending:
-                self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
-            else:
-                self._batcher.flush()
-            while self._tasks:
-                self._idle = asyncio.get_running_loop().create_future()
-                await self._idle
+            if opened:
+                if cancel_pending or abort:
+                    self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
+                else:
+                    self._batcher.flush()
+                # Aborting, the batch tasks are cancelled: their callers get
+                # EmbedderClosedError (the batcher sees the cancellation).
+                await life.drain(cancel=abort)
             await self._release()
         finally:
-            self._closing.set_result(None)
+            life.end_close()
 
     async def _release(self) -> None:
         """Close what this Embedder created (idempotent)."""
@@ -451,46 +440,12 @@ class Embedder(anyio.AsyncContextManagerMixin):
 
     # -- internals -------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._state is not _State.OPENED:
-            raise EmbedderClosedError(
-                "the Embedder is not open: use it inside `async with Embedder(...)`"
-                if self._state is _State.UNOPENED
-                else "the Embedder is closed"
-            )
-
-    @contextmanager
-    def _active(self) -> Iterator[None]:
-        """Count a call in progress, so aclose() waits for it (and refuse once closed)."""
-        self._check_open()
-        self._tasks += 1
-        try:
-            yield
-        finally:
-            self._task_done()
-
-    def _spawn(self, job: Any) -> None:
-        assert self._tg is not None
-        self._tasks += 1
-        self._tg.start_soon(self._run_task, job)
-
-    async def _run_task(self, job: Any) -> None:
-        try:
-            await job()
-        finally:
-            self._task_done()
-
-    def _task_done(self) -> None:
-        self._tasks -= 1
-        if not self._tasks and self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)  # wake aclose()
-
     async def _deliver(self, texts: list[str], deadline: Deadline) -> Outcome:
         return await self._batches.run(texts, priority=LIVE, deadline=deadline)
 
     async def _embed_block(self, texts: list[str], start: int) -> Matrix:
         # A stream's batches: refused once the Embedder is closed, waited for by aclose().
-        with self._active():
+        with self._life.active():
             return await self._batches.embed_all(texts, priority=BULK, offset=start)
 
 

@@ -1,5 +1,8 @@
 """The exception tree, the HTTP status → class map, and Retry-After parsing.
 
+Over 400 lines on purpose: one tree in one file (mostly docstrings), so that every
+error a user can catch is found in one place.
+
 Every exception the package raises derives from :class:`AsyncEmbedError`::
 
     AsyncEmbedError
@@ -25,8 +28,14 @@ Every exception the package raises derives from :class:`AsyncEmbedError`::
     │   └── InputTooLongError
     ├── BudgetExceededError             the Embedder's max_cost was reached
     ├── PartialResultError              some inputs of embed_many()/stream() failed
-    ├── StoreError                      a cache or job-state file is unusable (also a ValueError)
-    └── EmbedderClosedError             the Embedder is closed (also a RuntimeError)
+    ├── EmbedderClosedError             the Embedder is closed (also a RuntimeError)
+    ├── MissingExtraError               an optional dependency is missing (also an ImportError)
+    │  the files of the cache and of the CLI's bulk job (all also ValueError but the last):
+    ├── StoreError                      a cache or job-state file is unusable
+    │   └── JobMismatchError            a state file records a different job
+    ├── InputFileError                  the corpus is missing, unreadable or malformed
+    ├── OutputFileError                 the output cannot be written where asked, or resumed
+    └── JobIOError                      writing the output or the state failed (an OSError)
 
 Wrong *types* at the call site raise the builtin :class:`TypeError`. No message
 ever contains the API key: messages are built from the server's body, never from
@@ -36,8 +45,10 @@ request headers.
 from __future__ import annotations
 
 import email.utils
+import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -53,10 +64,15 @@ __all__ = [
     "BudgetExceededError",
     "EmbedderClosedError",
     "GatewayTimeoutError",
+    "InputFileError",
     "InputTooLongError",
     "InternalServerError",
     "InvalidInputError",
+    "JobIOError",
+    "JobMismatchError",
+    "MissingExtraError",
     "NotFoundError",
+    "OutputFileError",
     "PayloadTooLargeError",
     "PaymentRequiredError",
     "PartialResultError",
@@ -66,6 +82,7 @@ __all__ = [
     "RateLimitError",
     "RequestTimeoutError",
     "ServiceUnavailableError",
+    "StoreError",
     "UnprocessableEntityError",
     "error_for_status",
     "parse_retry_after",
@@ -79,8 +96,16 @@ class AsyncEmbedError(Exception):
 class APIConnectionError(AsyncEmbedError):
     """The request did not get a complete answer: refused, reset, DNS, or a truncated body.
 
-    Retried by default.
+    Retried by default; a server never reached (``unreachable``) only for
+    ``Retry.unreachable_timeout``.
+
+    Attributes:
+        unreachable: No connection could be made (refused, unknown host, TLS failure)
+            to a server that has not answered this client before: most likely a wrong
+            URL or a server that is not running, rather than a passing fault.
     """
+
+    unreachable: bool = False
 
     retryable = True
 
@@ -154,6 +179,74 @@ class PartialResultError(AsyncEmbedError):
 
 class EmbedderClosedError(AsyncEmbedError, RuntimeError):
     """The Embedder is not open (never entered, or already closed)."""
+
+
+class StoreError(AsyncEmbedError, ValueError):
+    """A state or cache file is unusable (missing folder, not an asyncembed database), or
+    the job state is misused (progress recorded before ``begin()``, or going backwards)."""
+
+
+class JobMismatchError(StoreError):
+    """The state file records a different job (input, model, output...): not resumed."""
+
+
+class InputFileError(AsyncEmbedError, ValueError):
+    """The input corpus cannot be read: missing, undecodable, malformed or with an empty text.
+
+    The message is one line naming the file and, when known, the 1-based line or record
+    number, e.g. ``corpus.txt: line 3: empty text``.
+
+    Attributes:
+        path: The input file.
+        line: The 1-based line (text, JSONL, CSV) or record (Parquet) number, or ``None``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        message: str,
+        *,
+        line: int | None = None,
+        unit: str = "line",
+    ) -> None:
+        self.path = Path(path)
+        self.line = line
+        where = f"{self.path}: " if line is None else f"{self.path}: {unit} {line}: "
+        super().__init__(where + message)
+
+
+class OutputFileError(AsyncEmbedError, ValueError):
+    """The output cannot be written where asked (missing folder, unknown suffix...) or resumed.
+
+    Attributes:
+        path: The output path the user asked for.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {message}")
+
+
+class JobIOError(AsyncEmbedError, OSError):
+    """Writing the output or recording progress failed (a full disk, an I/O error).
+
+    What was recorded stays consistent (the output is flushed before its rows are
+    recorded), so the same command resumes once the cause is fixed.
+
+    Attributes:
+        path: The file that could not be written.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{self.path}: cannot write ({reason}); fix that (free some space?), then run "
+            "the same command again to resume"
+        )
+
+
+class MissingExtraError(AsyncEmbedError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
 
 
 class APIStatusError(AsyncEmbedError):
@@ -305,7 +398,7 @@ _BY_STATUS[524] = GatewayTimeoutError
 
 _HINTS = {
     401: (
-        " (check the API key: Embedder(api_key=...), or the CLI's --api-key-env NAME;"
+        " (check the API key: Embedder(api_key=...);"
         " $OPENROUTER_API_KEY is sent only to openrouter.ai)"
     ),
     402: " (out of credits: add credits or raise the key's limit; retrying will not help)",

@@ -20,9 +20,10 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 
-from ._embedder import Embedder, resolve_api_key, resolve_base_url
+from ._embedder import Embedder
 from ._exceptions import EmbedderClosedError
 from ._sync import EmbedderOptions, SyncEmbedder
+from ._transport import resolve_api_key, resolve_base_url
 from ._types import Matrix, Vector
 
 __all__ = ["PerLoop"]

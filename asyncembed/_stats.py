@@ -33,6 +33,14 @@ class Stats:
         encoding_format: The encoding in use now ("float" after a base64 fallback).
         batch_cap: The most inputs sent per request since the server refused a larger
             batch (a learned size cap); ``None`` while no cap was seen.
+        pending: Distinct texts of ``embed()`` calls waiting for their vector now
+            (queued or in flight).
+        active: Background batch tasks and public calls in progress now;
+            ``aclose()`` waits for them, and 0 after it means nothing is left running.
+        paused_for: Seconds left in the pause a 429 imposed on every request (0.0 when
+            none).
+        chars_per_token: The calibrated characters-per-token ratio that token
+            estimates (batch ``max_tokens``, TPM windows) use, learned from ``usage``.
     """
 
     requests: int = 0
@@ -55,6 +63,10 @@ class Stats:
     max_concurrency: int = 0
     encoding_format: str = "base64"
     batch_cap: int | None = None
+    pending: int = 0
+    active: int = 0
+    paused_for: float = 0.0
+    chars_per_token: float = 0.0
 
     @property
     def mean_batch_size(self) -> float:
@@ -101,7 +113,7 @@ class Counters:
     cache_misses: int
     max_batch_size: int
 
-    def snapshot(self, **live: int | str | None) -> Stats:
+    def snapshot(self, **live: float | str | None) -> Stats:
         """Freeze the counters, plus the live gauges passed by the Embedder."""
         values = {name: getattr(self, name) for name in self.__slots__}
         return Stats(**values, **live)  # type: ignore[arg-type]

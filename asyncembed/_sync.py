@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import contextlib
 import enum
 import itertools
 import os
@@ -27,13 +26,13 @@ from typing import Any, TypedDict, TypeVar, Unpack, overload
 
 import anyio
 
+from ._cache import Cache
 from ._clock import Clock
 from ._config import Batching, Limits, Retry, Timeouts
 from ._embedder import Embedder
 from ._exceptions import EmbedderClosedError
 from ._models import ProviderPreferences
 from ._stats import Stats
-from ._store import Cache
 from ._transport import Transport
 from ._types import EncodingFormat, Matrix, Vector
 
@@ -84,7 +83,8 @@ class _State(enum.Enum):
 
 
 class _Host:
-    """What runs on the background loop: it holds the Embedder open and counts calls.
+    """What runs on the background loop: it closes the Embedder when asked and counts
+    the calls in progress.
 
     The loop is stopped only once the Embedder is closed and every call wrapper has
     returned, so no caller's result is lost to the loop's final cancellation.
@@ -92,57 +92,47 @@ class _Host:
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
-        self.task: asyncio.Task[None] | None = None
-        self.stop_requested: asyncio.Event | None = None
-        self.cancel_pending = False
-        self.active = 0
-        self.idle: asyncio.Event | None = None
-        self.streams: set[asyncio.Task[Any]] = set()
-
-    async def serve(self, opened: concurrent.futures.Future[None]) -> None:
-        loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
+        # asyncio's events bind to a loop on first use: safe to create in any thread.
         self.stop_requested = asyncio.Event()
         self.idle = asyncio.Event()
+        self.cancel_pending = False
+        self.abort = False
+        self.calls: dict[asyncio.Task[Any], bool] = {}  # task -> is a stream's pump
+
+    async def serve(self) -> None:
         try:
-            async with self.embedder:
-                opened.set_result(None)
-                await self.stop_requested.wait()
-                await self.embedder.aclose(cancel_pending=self.cancel_pending)
+            await self.stop_requested.wait()
+            if self.abort:
+                # Interpreter exit: nobody waits for these any more.
+                for task in self.calls:
+                    task.cancel()
+            await self.embedder.aclose(cancel_pending=self.cancel_pending or self.abort)
             # A stream may wait for a consumer that is gone; the other calls return
             # promptly now that the Embedder is closed.
-            for task in self.streams:
-                task.cancel()
-            while self.active:
+            for task, is_stream in self.calls.items():
+                if is_stream:
+                    task.cancel()
+            while self.calls:
                 self.idle.clear()
                 await self.idle.wait()
-        except BaseException as exc:
-            if not opened.done():
-                opened.set_exception(exc)
-            raise
         finally:
-            loop.stop()
+            asyncio.get_running_loop().stop()
 
     def request_stop(self, cancel_pending: bool, abort: bool) -> None:
-        """Close the Embedder (``abort``: at once, cancelling the requests in flight)."""
-        if abort and self.task is not None:
-            self.task.cancel()
+        """Close the Embedder (``abort``: cancelling every call in progress first)."""
         self.cancel_pending = self.cancel_pending or cancel_pending
-        if self.stop_requested is not None:
-            self.stop_requested.set()
+        self.abort = self.abort or abort
+        self.stop_requested.set()
 
     async def run(self, make: Callable[[], Coroutine[Any, Any, T]], *, stream: bool) -> T:
-        self.active += 1
         task = asyncio.current_task()
-        if stream and task is not None:
-            self.streams.add(task)
+        assert task is not None
+        self.calls[task] = stream
         try:
             return await make()
         finally:
-            self.active -= 1
-            if stream and task is not None:
-                self.streams.discard(task)
-            if not self.active and self.idle is not None:
+            del self.calls[task]
+            if not self.calls:
                 self.idle.set()
 
 
@@ -387,7 +377,8 @@ class SyncEmbedder:
             RuntimeError: called from the SyncEmbedder's own loop thread.
         """
         self._check_thread()
-        self._stop(cancel_pending=False, abort=False)
+        if self._stop(cancel_pending=False, abort=False) is _State.UNSTARTED:
+            _close_unstarted(self._embedder)
         if self._thread is not None:
             self._thread.join()
 
@@ -395,36 +386,28 @@ class SyncEmbedder:
         """Stop without a warning or waiting, for owners that are being collected."""
         self._stop(cancel_pending=False, abort=False)
 
-    def _stop(self, *, cancel_pending: bool, abort: bool) -> None:
+    def _stop(self, *, cancel_pending: bool, abort: bool) -> _State:
+        """Mark closed and ask the loop to close the Embedder; the state it was in."""
         with self._lock:
-            running = self._state is _State.RUNNING
-            self._state = _State.CLOSED
-        if running and self._host is not None and self._loop is not None:
+            state, self._state = self._state, _State.CLOSED
+        if state is _State.RUNNING and self._host is not None and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._host.request_stop, cancel_pending, abort)
             except RuntimeError:  # the loop has stopped already
                 pass
+        return state
 
     def _start(self) -> tuple[_Host, asyncio.AbstractEventLoop]:
-        # Called with the lock held, so two first calls start one thread.
+        # Called with the lock held, so two first calls start one thread. The Embedder
+        # starts on its first call, on this loop; the host task is scheduled first.
         host = _Host(self._embedder)
         loop = asyncio.new_event_loop()
         thread = threading.Thread(
             target=_run_loop, args=(loop,), name=f"asyncembed-sync-{next(_names)}", daemon=True
         )
         self._host, self._loop, self._thread = host, loop, thread
+        asyncio.run_coroutine_threadsafe(host.serve(), loop)
         thread.start()
-        opened: concurrent.futures.Future[None] = concurrent.futures.Future()
-        asyncio.run_coroutine_threadsafe(host.serve(opened), loop)
-        try:
-            opened.result()
-        except BaseException:
-            # The Embedder could not open, or Ctrl-C came while it was opening.
-            self._state = _State.CLOSED
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(host.request_stop, True, True)
-            thread.join()
-            raise
         self._state = _State.RUNNING
         _LIVE.add(self)
         return host, loop
@@ -467,6 +450,22 @@ class SyncEmbedder:
             # coroutine on the loop is cancelled; a finished future ignores this.
             future.cancel()
             raise
+
+
+def _close_unstarted(embedder: Embedder) -> None:
+    """Release what a never-used Embedder holds (a cache opened from a path).
+
+    Its ``aclose()`` sends nothing, but is a coroutine: run it on a loop of its own, in
+    a helper thread if this thread already runs one.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(embedder.aclose())
+        return
+    helper = threading.Thread(target=asyncio.run, args=(embedder.aclose(),))
+    helper.start()
+    helper.join()
 
 
 _LIVE: weakref.WeakSet[SyncEmbedder] = weakref.WeakSet()

@@ -7,7 +7,9 @@ batches or retries. Every aiohttp error is mapped to our tree here, in one place
 from __future__ import annotations
 
 import ipaddress
+import os
 import platform
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,7 +21,16 @@ from ._config import Timeouts
 from ._exceptions import APIConnectionError, APITimeoutError, EmbedderClosedError
 from ._version import __version__
 
-__all__ = ["HTTPTransport", "RawResponse", "Transport", "is_loopback"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "HTTPTransport",
+    "RawResponse",
+    "Transport",
+    "is_loopback",
+    "is_openrouter",
+    "resolve_api_key",
+    "resolve_base_url",
+]
 
 USER_AGENT = (
     f"asyncembed/{__version__} aiohttp/{aiohttp.__version__} python/{platform.python_version()}"
@@ -96,6 +107,7 @@ class HTTPTransport:
     """
 
     __slots__ = (
+        "_answered",
         "_closed",
         "_headers",
         "_owns_session",
@@ -136,6 +148,7 @@ class HTTPTransport:
         self._session = session
         self._owns_session = session is None
         self._closed = False
+        self._answered = False  # any HTTP answer yet: then connection errors are faults
         self._timeout = aiohttp.ClientTimeout(total=timeouts.request, sock_connect=timeouts.connect)
 
     def __repr__(self) -> str:
@@ -168,12 +181,17 @@ class HTTPTransport:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
+                self._answered = True
                 body = await resp.read()
                 return RawResponse(resp.status, resp.headers, body)
         except TimeoutError:
             error: Exception = APITimeoutError("request timed out")
         except aiohttp.ClientPayloadError as exc:
             error = APIConnectionError(f"response body was cut short: {exc}")
+        except aiohttp.ClientConnectorError as exc:
+            # Refused, unknown host, TLS failure: name the URL (never its userinfo).
+            error = APIConnectionError(f"cannot connect to {_shown(self._url)}: {_why(exc)}")
+            error.unreachable = not self._answered
         except aiohttp.ClientError as exc:
             # str(exc) names the host and the OS error, never request headers.
             error = APIConnectionError(f"{type(exc).__name__}: {exc}")
@@ -191,3 +209,46 @@ class HTTPTransport:
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
+
+
+DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """The API root in force: the argument, else ``$OPENROUTER_BASE_URL``, else OpenRouter's."""
+    return base_url or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
+
+
+def is_openrouter(base_url: str) -> bool:
+    """Whether ``base_url`` is OpenRouter's own API (https on ``openrouter.ai``)."""
+    parts = urlsplit(base_url)
+    return parts.scheme == "https" and parts.hostname == "openrouter.ai"
+
+
+def resolve_api_key(api_key: str | None, base_url: str) -> str | None:
+    """The key to send: the argument, else ``$OPENROUTER_API_KEY`` for OpenRouter only.
+
+    The environment's key is the user's OpenRouter key: another endpoint (a proxy, vLLM,
+    a third party) gets a key only when one is passed explicitly.
+    """
+    if api_key is not None:
+        return api_key
+    return os.environ.get("OPENROUTER_API_KEY") if is_openrouter(base_url) else None
+
+
+def _shown(url: str) -> str:
+    """``url`` without any ``user:password@`` part, fit for a message."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _why(exc: aiohttp.ClientConnectorError) -> str:
+    """The OS's reason a connection failed, in its own words ("Connection refused")."""
+    cause = exc.os_error
+    if cause.errno and cause.errno > 0 and not isinstance(cause, socket.gaierror):
+        return os.strerror(cause.errno)
+    return cause.strerror or str(cause) or type(exc).__name__

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -19,22 +21,13 @@ import pytest
 
 from asyncembed import Batching, Embedder, Limits, PaymentRequiredError, Stats
 from asyncembed._bulk import BulkJob
+from asyncembed._bulk._progress import Progress, format_duration
 from asyncembed._cli import main
-from asyncembed._progress import Progress, format_duration
-from asyncembed.testing import LocalServer, expected_vector
+from asyncembed._exceptions import JobMismatchError
+from asyncembed.testing import FakeClock, LocalServer, MockTransport, expected_vector
 
 MODEL = "test/model"
 DIMS = 8
-
-
-class Ticks:
-    """A hand-moved clock for the progress display."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def corpus(path: Path, n: int, prefix: str = "text") -> list[str]:
@@ -57,15 +50,16 @@ def recorded_rows(state: Path) -> int:
 # -- BulkJob -------------------------------------------------------------------------------
 
 
-class Steps:
-    """A clock that moves ``step`` seconds each time it is read."""
+class Steps(FakeClock):
+    """A FakeClock that also moves ``step`` seconds each time it is read."""
 
     def __init__(self, step: float) -> None:
-        self.now, self.step = 0.0, step
+        super().__init__(0.0)
+        self.step = step
 
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
+    def now(self) -> float:
+        self.advance(self.step)
+        return super().now()
 
 
 def client(server: LocalServer, **options: object) -> Embedder:
@@ -125,7 +119,9 @@ async def test_failed_job_saves_its_progress_and_resumes(tmp_path: Path) -> None
             assert (job.total, job.done) == (100, 0)
             async with client(server, **one_at_a_time) as embedder:
                 with pytest.raises(PaymentRequiredError):
-                    await job.run(embedder)
+                    # One block at a time: no later block's request is on its way (the
+                    # client cancels it, but the server may count it after the reset).
+                    await job.run(embedder, window=1)
         assert job.saved == recorded_rows(state) == 30  # saved on the way out
         assert not out.exists() and out.with_name("o.jsonl.partial").exists()
 
@@ -156,7 +152,7 @@ async def test_job_without_state_deletes_its_partial_output_on_failure(tmp_path:
     out = tmp_path / "o.jsonl"
     out.write_text("previous\n")
     async with LocalServer(dimensions=DIMS, script=["ok", "402"]) as server:
-        with BulkJob(tmp_path / "c.txt", out, model=MODEL) as job:
+        with BulkJob(tmp_path / "c.txt", out, model=MODEL, overwrite=True) as job:
             options = {"batching": Batching(max_size=10), "limits": Limits(max_concurrency=1)}
             async with client(server, **options) as embedder:
                 with pytest.raises(PaymentRequiredError):
@@ -279,16 +275,16 @@ def test_format_duration() -> None:
 
 
 def test_plain_lines_every_interval_and_a_final_line() -> None:
-    clock, stream = Ticks(), io.StringIO()
+    clock, stream = FakeClock(), io.StringIO()
     progress = Progress(1000, done=200, stream=stream, interval=5.0, clock=clock)
     assert not progress.tty
     stats = Stats(prompt_tokens=12_345, cost=0.0123, retries=2)
     assert not progress.update(300, stats)  # not due yet
-    clock.now += 5.0
+    clock.advance(5.0)
     assert progress.update(400, stats)  # 200 rows this run in 5 s
-    clock.now += 1.0
+    clock.advance(1.0)
     assert not progress.update(450, stats)
-    clock.now += 5.0
+    clock.advance(5.0)
     progress.close(1000, stats)
     progress.close(1000, stats)  # idempotent
     lines = stream.getvalue().splitlines()
@@ -302,31 +298,91 @@ def test_plain_lines_every_interval_and_a_final_line() -> None:
 
 
 def test_tty_bar_redraws_in_place() -> None:
-    clock, stream = Ticks(), FakeTTY()
+    clock, stream = FakeClock(), FakeTTY()
     progress = Progress(2000, stream=stream, width=100, clock=clock)
     assert progress.tty
     stats = Stats(prompt_tokens=1_500_000, cost=0.25, retries=3)
-    clock.now += 10.0
+    clock.advance(10.0)
     assert progress.update(500, stats)
     assert not progress.update(510, stats)  # redraws at most every 0.1 s
     bar = stream.getvalue()
     assert bar.startswith("\r\x1b[2K[") and "\n" not in bar
-    assert "  25.0% 500/2,000 50/s 1.5M tok $0.2500 retries 3 ETA 30s" in bar
-    assert "#" * 7 + "-" in bar
+    assert "]  25.0%   500/2,000   50/s 1.5M tok $0.2500 retries  3 ETA 30s" in bar
+    assert "[" + "#" * 7 + "-" * 23 + "]" in bar
     assert len(bar) - len("\r\x1b[2K") <= 99
-    clock.now += 30.0
+    clock.advance(30.0)
     progress.close(2000, stats)
     final = stream.getvalue()[len(bar) :]
-    assert final.startswith("\r\x1b[2K[" + "#" * 10) and final.endswith("ETA 0s\n")
+    assert final.startswith("\r\x1b[2K[" + "#" * 30 + "]") and final.endswith("ETA 0s\n")
 
 
 def test_tty_bar_fits_a_narrow_terminal_and_handles_no_rate() -> None:
-    clock, stream = Ticks(), FakeTTY()
+    clock, stream = FakeClock(), FakeTTY()
     assert (
         Progress(10, stream=stream, width=200, clock=clock).render_bar(0, Stats()).endswith("ETA ?")
     )
     narrow = Progress(10, stream=stream, width=30, clock=clock).render_bar(5, Stats())
-    assert narrow.startswith("\r\x1b[2K  50.0% 5/10 0/s 0 tok") and "#" not in narrow
+    assert narrow.startswith("\r\x1b[2K  50.0%  5/10    0/s    0 tok") and "#" not in narrow
     assert len(narrow) == len("\r\x1b[2K") + 29  # the last column stays empty
     with pytest.raises(ValueError):
         Progress(10, done=11, stream=stream)
+
+
+def test_the_bar_keeps_its_width_and_its_figures_keep_their_places() -> None:
+    clock, stream = FakeClock(), FakeTTY()
+    progress = Progress(2928, stream=stream, width=80, clock=clock)
+    lines = []
+    for batch in range(47):  # a job of 46 batches of 64, as `make demo` runs it
+        done = min(2928, batch * 64)
+        clock.advance(0.05)
+        stats = Stats(prompt_tokens=done * 57, cost=done * 1.2e-6, retries=batch // 5)
+        lines.append(progress.render_bar(done, stats).removeprefix("\r\x1b[2K"))
+    for anchor in ("]", "%", "/", "/s", " tok", " retries", " ETA"):
+        assert len({line.index(anchor) for line in lines}) == 1, anchor
+    filled = [line.count("#") for line in lines]
+    assert filled == sorted(filled) and filled[0] == 0 and filled[-1] == lines[0].index("]") - 1
+    assert all(len(line) <= 79 for line in lines)
+
+
+@pytest.mark.anyio
+async def test_one_fake_clock_drives_the_job_the_client_the_server_and_the_display(
+    tmp_path: Path,
+) -> None:
+    corpus(tmp_path / "c.txt", 50)
+    clock, stream = FakeClock(), FakeTTY()
+    one_at_a_time = {"batching": Batching(max_size=10), "limits": Limits(max_concurrency=1)}
+    with anyio.fail_after(10):  # five 2-second answers, and no real second waited
+        async with LocalServer(dimensions=DIMS, latency=2.0, clock=clock) as server:
+            with BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", model=MODEL, clock=clock) as job:
+                progress = Progress(job.total, stream=stream, width=100, clock=clock)
+                async with client(server, clock=clock, **one_at_a_time) as embedder:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(progress.follow, lambda: job.done, lambda: embedder.stats)
+                        result = await job.run(embedder)
+                        tg.cancel_scope.cancel()
+                    progress.close(job.done, embedder.stats)
+            arrived = [r.arrived for r in server.requests]
+    assert result.embedded == 50 and result.elapsed >= 10.0
+    assert all(b - a >= 2.0 for a, b in itertools.pairwise(arrived))
+    shown = {int(n) for n in re.findall(r"%\s+(\d+)/50", stream.getvalue())}
+    assert {10, 20, 30, 40, 50} <= shown and all(n % 10 == 0 for n in shown)  # a step per batch
+
+
+@pytest.mark.anyio
+async def test_truncation_is_part_of_the_jobs_identity(tmp_path: Path) -> None:
+    corpus(tmp_path / "c.txt", 3)
+    args = {"model": MODEL, "state": tmp_path / "s.db"}
+    cut = Batching(truncate=True, max_input_tokens=100)
+    with BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", batching=cut, **args) as job:  # type: ignore[arg-type]
+        async with Embedder(MODEL, transport=MockTransport(dimensions=DIMS)) as embedder:
+            await job.run(embedder)  # progress recorded: the job is not replaced below
+    with pytest.raises(JobMismatchError, match="truncate_at 100 != None"):
+        BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", **args).open()  # type: ignore[arg-type]
+    # A state file written before the field existed still matches a job that does not cut.
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        (raw,) = conn.execute("SELECT identity FROM job").fetchone()
+        old = {k: v for k, v in json.loads(raw).items() if k != "truncate_at"}
+        conn.execute("UPDATE job SET identity = ?", (json.dumps(old),))
+    conn.close()
+    with BulkJob(tmp_path / "c.txt", tmp_path / "o.npy", **args) as job:  # type: ignore[arg-type]
+        assert job.total == 3

@@ -22,9 +22,9 @@ MODEL = "test/cancel"
 def assert_nothing_left(embedder: Embedder) -> None:
     stats = embedder.stats
     assert stats.queued == 0 and stats.in_flight == 0
-    assert embedder._batcher.waiting == 0  # no text queued or in flight
-    assert embedder._scheduler.waiting == 0  # nobody queued for a slot
-    assert embedder._tasks == 0  # no background task left
+    assert stats.pending == 0  # no text queued or in flight
+    assert stats.waiting == 0  # nobody queued for a slot
+    assert stats.active == 0  # no background task left
 
 
 async def test_random_cancellation_of_half_the_callers() -> None:
@@ -59,7 +59,7 @@ async def test_random_cancellation_of_half_the_callers() -> None:
             assert len(cancelled) >= 100  # most were cancelled before they finished
             for i in set(range(400)) - cancelled:
                 np.testing.assert_array_equal(results[i], expected_vector(MODEL, f"text {i}", DIMS))
-            await wait_until(lambda: not embedder._tasks)
+            await wait_until(lambda: not embedder.stats.active)
             assert_nothing_left(embedder)
 
 
@@ -84,7 +84,7 @@ async def test_caller_cancelled_before_sending_leaves_the_batch() -> None:
                 await anyio.lowlevel.checkpoint()
                 scope.cancel()
                 await anyio.lowlevel.checkpoint()
-                embedder._batcher.flush()
+                embedder.flush()
             assert server.requests[0].inputs == ["stays"]
             assert len(kept) == 1
         assert_nothing_left(embedder)
@@ -96,7 +96,7 @@ async def test_everyone_leaving_an_in_flight_request_stops_it() -> None:
             with anyio.move_on_after(0.05):
                 await embedder.embed("never mind")
             # The request is cancelled, not awaited for 30 s.
-            await wait_until(lambda: not embedder._tasks)
+            await wait_until(lambda: not embedder.stats.active)
             assert_nothing_left(embedder)
             # The Embedder still works for the next caller.
             server.latency = 0.0

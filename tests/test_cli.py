@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import csv
+import ipaddress
 import json
+import re
+import shlex
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from asyncembed._cli import LOCAL_DIMENSIONS, main
+from asyncembed._cli import CLI_TERMS, LOCAL_DIMENSIONS, LOCAL_MODELS, cli_terms, main
+from asyncembed._cli_args import build_parser
 from asyncembed.testing import LocalServer, expected_vector
 
-MODEL = "test/model"
+MODEL = "openai/text-embedding-3-small"  # one of the models --local serves
 DIMS = 8
 TEXTS = [f'text {i}, with "quotes" and ünïcode {"x" * (i % 5)}' for i in range(30)]
 
@@ -101,6 +108,8 @@ async def test_each_input_format_to_each_output_format(
     tmp_path: Path, fmt_in: str, fmt_out: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source, options, ids = WRITERS[fmt_in](tmp_path)
+    if fmt_out == "npy":  # it keeps no ids, and says so if given an id field
+        options = options[:2]
     out = tmp_path / f"out.{fmt_out}"
     async with LocalServer(dimensions=DIMS) as server:
         argv = ["embed", str(source), "-o", str(out), "--model", MODEL]
@@ -124,11 +133,14 @@ def test_local_needs_no_key_and_no_network(
     out = tmp_path / "o.npy"
     assert main(["embed", str(source), "-o", str(out), "--model", MODEL, "--local"]) == 0
     np.testing.assert_array_equal(np.load(out), expected(dims=LOCAL_DIMENSIONS))
+    assert "asyncembed: 30/30 texts (100.0%)" in capsys.readouterr().err  # the final progress
     argv = ["embed", str(source), "-o", str(out), "--model", MODEL, "--local", "--dimensions", "5"]
-    assert main([*argv, "--encoding", "float"]) == 0  # a finished output is replaced
+    argv += ["--encoding", "float", "--quiet"]
+    assert main(argv) == 2  # an existing output is refused...
+    assert "exists already (pass --overwrite" in one_error_line(capsys.readouterr().err)
+    np.testing.assert_array_equal(np.load(out), expected(dims=LOCAL_DIMENSIONS))
+    assert main([*argv, "--overwrite"]) == 0  # ...unless told to replace it
     np.testing.assert_array_equal(np.load(out), expected(dims=5))
-    captured = capsys.readouterr()
-    assert "asyncembed: 30/30 texts (100.0%)" in captured.err  # the final progress line
 
 
 def test_query_prints_the_three_nearest_texts(
@@ -232,7 +244,6 @@ def test_argparse_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["embed", "in.txt", "-o", "o.npy", "--model", MODEL, "--batch-size", "0"]) == 2
     assert main(["serve", "--help"]) == 0
     assert "--latency" in capsys.readouterr().out
-    assert main([]) == 2
 
 
 def test_no_key_for_openrouter_is_a_usage_error(
@@ -350,9 +361,9 @@ def test_local_latency_must_not_be_negative(
 ) -> None:
     (tmp_path / "in.txt").write_text("a\nb\n")
     argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--local"]
-    assert main([*argv, "--model", "m", "--local-latency", "-1"]) == 2
+    assert main([*argv, "--model", MODEL, "--local-latency", "-1"]) == 2
     assert "--local-latency must be >= 0" in capsys.readouterr().err
-    assert main([*argv, "--model", "m", "--local-latency", "0.001", "--quiet"]) == 0
+    assert main([*argv, "--model", MODEL, "--local-latency", "0.001", "--quiet"]) == 0
     assert np.load(tmp_path / "o.npy").shape == (2, 384)
 
 
@@ -361,7 +372,241 @@ def test_an_over_long_text_names_its_record(
 ) -> None:
     (tmp_path / "in.txt").write_text("short\nanother\n" + "x" * 40_000 + "\nlast\n")
     argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--local"]
-    assert main([*argv, "--model", "m", "--quiet"]) == 2
+    assert main([*argv, "--model", MODEL, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "record 3" in err and "max_input_tokens" in err and err.count("\n") == 1
+    assert "record 3" in err and err.count("\n") == 1
+    assert "over --max-input-tokens 8192 (pass --truncate to cut it instead)" in err
     assert not (tmp_path / "o.npy").exists()
+
+
+# -- help ---------------------------------------------------------------------------------------
+
+
+def test_no_arguments_prints_the_help_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("usage: asyncembed") and captured.err == ""
+    assert all(command in captured.out for command in ("embed", "serve", "bench", "examples:"))
+
+
+def subcommand_parser(command: str) -> argparse.ArgumentParser:
+    from asyncembed.testing import add_serve_arguments
+
+    parser = build_parser(command, add_serve_arguments=add_serve_arguments)
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found: argparse.ArgumentParser = sub.choices[command]
+    return found
+
+
+def examples(help_text: str) -> list[list[str]]:
+    """The example commands of a --help, their continuation lines joined."""
+    block = help_text.split("\nexamples:\n", 1)[1].split("\n\n" + "options:", 1)[0]
+    joined = re.sub(r"\\\n\s*", "", block)
+    return [
+        shlex.split(line) for line in joined.splitlines() if line.strip().startswith("asyncembed")
+    ]
+
+
+@pytest.mark.parametrize("command", ["embed", "serve", "bench"])
+def test_each_command_help_starts_with_what_it_does_then_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]
+    assert description[0].isupper() and len(description.split()) >= 10, description
+    assert out.index("examples:") < out.index("options:")
+    found = examples(out)
+    assert found and all(argv[1] == command for argv in found)
+    for argv in found:  # every example is a valid command line
+        subcommand_parser(command).parse_args(argv[2:])
+    assert all(len(line) <= 90 for line in out.splitlines())
+
+
+@pytest.mark.parametrize("command", ["embed", "serve", "bench"])
+def test_each_option_with_a_default_shows_it(command: str) -> None:
+    parser = subcommand_parser(command)
+    shown = 0
+    for action in parser._actions:
+        if not action.option_strings or action.help in (None, argparse.SUPPRESS):
+            continue
+        if action.default in (None, False, []) or isinstance(action, argparse._HelpAction):
+            continue
+        assert "(default: " in str(action.help) or "; default: " in str(action.help), action
+        shown += 1
+    assert shown >= 2
+
+
+# -- messages name the flags, never a Python option ------------------------------------------
+
+PYTHON_OPTION = re.compile(r"\b[A-Z]\w*\(\w+=|\b[a-z_]+=(True|False|\.\.\.)|\b[a-z]+_[a-z_]+=")
+
+
+def message_strings() -> list[str]:
+    """Every string the package (not the test server, not the CLI) could put in a message."""
+    package = Path(__file__).resolve().parent.parent / "asyncembed"
+    found: list[str] = []
+    for path in sorted(package.rglob("*.py")):
+        if "testing" in path.parts or path.name.startswith("_cli"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+                skip.add(id(node.value))  # docstrings
+            if isinstance(node, ast.JoinedStr):
+                skip.update(id(v) for v in node.values)
+                texts = [v.value if isinstance(v, ast.Constant) else "{}" for v in node.values]
+                found.append("".join(str(t) for t in texts))
+        found += [
+            n.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip
+        ]
+    # Reprs and SQL are not messages.
+    return [t for t in found if not t.startswith("<") and "PRAGMA" not in t]
+
+
+def test_every_python_option_a_message_names_has_a_cli_flag() -> None:
+    strings = message_strings()
+    hits = [text for text in strings if PYTHON_OPTION.search(text)]
+    assert len(hits) >= 5  # the scan sees the messages
+    for text in hits:
+        assert not PYTHON_OPTION.search(cli_terms(text)), (text, cli_terms(text))
+    package = "\n".join(strings)
+    for python, _ in CLI_TERMS:  # no dead entry: each phrase is still in a message
+        assert python in package, python
+
+
+def test_over_long_texts_are_cut_with_truncate_or_let_through_with_a_higher_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = "word " * 8_000  # about 10,000 estimated tokens
+    (tmp_path / "in.txt").write_text(f"short\n{long}\nlast\n")
+    argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--local"]
+    argv += ["--model", MODEL, "--quiet", "--dimensions", "4"]
+    assert main(argv) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert "record 2" in err and "--truncate" in err and "Batching(" not in err
+    assert main([*argv, "--truncate"]) == 0
+    cut = np.load(tmp_path / "o.npy")
+    assert main([*argv, "--max-input-tokens", "20000", "--overwrite"]) == 0
+    whole = np.load(tmp_path / "o.npy")
+    np.testing.assert_array_equal(whole[1], expected_vector(MODEL, long, 4))
+    assert not np.array_equal(cut[1], whole[1]) and np.array_equal(cut[0], whole[0])
+
+
+@pytest.mark.anyio
+async def test_a_truncated_text_is_sent_cut(tmp_path: Path) -> None:
+    long = "x" * 40_000
+    (tmp_path / "in.txt").write_text(f"short\n{long}\n")
+    async with LocalServer(dimensions=DIMS) as server:
+        argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--quiet"]
+        argv += ["--model", MODEL, "--base-url", server.base_url, "--truncate"]
+        argv += ["--max-input-tokens", "100"]
+        assert await run(argv) == 0
+        sent = [str(t) for r in server.requests for t in r.inputs or ()]
+    assert sent[0] == "short" and long.startswith(sent[1]) and 0 < len(sent[1]) <= 400
+
+
+def test_an_insecure_url_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in.txt").write_text("a\n")
+    monkeypatch.setenv("MY_KEY", "sk-test-key")
+    argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--model", MODEL]
+    argv += ["--base-url", "http://example.invalid/v1", "--api-key-env", "MY_KEY"]
+    assert main(argv) == 2  # refused before any connection is tried
+    err = one_error_line(capsys.readouterr().err)
+    assert "pass --allow-insecure" in err and "allow_insecure" not in err
+
+
+@pytest.mark.anyio
+async def test_allow_insecure_sends_the_key_over_http_to_a_named_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = socket.gethostname()  # a name, not a loopback address, so the guard applies
+    addresses = {a[4][0] for a in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    if not addresses or not all(ipaddress.ip_address(a).is_loopback for a in addresses):
+        pytest.skip(f"{host} does not resolve to this machine's loopback only")
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    monkeypatch.setenv("MY_KEY", "sk-test-key")
+    async with LocalServer(dimensions=DIMS, api_key="sk-test-key") as server:
+        url = f"http://{host}:{server.port}/api/v1"
+        argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--quiet"]
+        argv += ["--model", MODEL, "--base-url", url, "--api-key-env", "MY_KEY"]
+        assert await run(argv) == 2
+        assert "--allow-insecure" in one_error_line(capsys.readouterr().err)
+        assert await run([*argv, "--allow-insecure"]) == 0
+        assert server.stats.statuses == {200: 1}
+
+
+@pytest.mark.anyio
+async def test_the_spending_cap_and_a_401_name_the_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n")
+    async with LocalServer(dimensions=DIMS, price_per_token=1e-4) as server:
+        argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--quiet"]
+        argv += ["--model", MODEL, "--base-url", server.base_url, "--max-cost", "0.001"]
+        assert await run([*argv, "--batch-size", "5", "--concurrency", "1"]) == 1
+    err = one_error_line(capsys.readouterr().err)
+    assert "spending cap reached" in err and "of --max-cost 0.001" in err
+    assert "max_cost" not in err
+    monkeypatch.setenv("MY_KEY", "sk-wrong")
+    async with LocalServer(dimensions=DIMS, api_key="sk-right") as server:
+        argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--quiet"]
+        argv += ["--model", MODEL, "--base-url", server.base_url, "--api-key-env", "MY_KEY"]
+        assert await run(argv) == 1
+    err = one_error_line(capsys.readouterr().err)
+    assert "check the API key: --api-key-env NAME" in err and "Embedder(" not in err
+
+
+@pytest.mark.anyio
+async def test_library_warnings_are_one_line_each_in_the_clis_terms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n")
+    async with LocalServer(dimensions=DIMS, base64_unsupported_models=[MODEL]) as server:
+        argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--quiet"]
+        assert await run([*argv, "--model", MODEL, "--base-url", server.base_url]) == 0
+    err = capsys.readouterr().err
+    assert err == f"asyncembed: warning: model {MODEL} does not honour base64; switching to float\n"
+    assert cli_terms("max_cost is set but the server reports no usage.cost") == (
+        "--max-cost is set but the server reports no usage.cost"
+    )
+
+
+# -- --local serves the models it names --------------------------------------------------------
+
+
+def test_local_refuses_a_model_it_does_not_serve_and_names_those_it_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"), "--local"]
+    argv += ["--quiet", "--resume", str(tmp_path / "s.db")]
+    assert main([*argv, "--model", "openai/text-embeding-3-small"]) == 2  # a typo
+    err = one_error_line(capsys.readouterr().err)
+    assert "not 'openai/text-embeding-3-small'" in err
+    assert all(model in err for model in LOCAL_MODELS)
+    assert "--local-model openai/text-embeding-3-small" in err
+    assert names(tmp_path) == ["in.txt"]  # refused before anything was written
+    assert main([*argv, "--model", "my/model", "--local-model", "my/model"]) == 0
+    assert np.load(tmp_path / "o.npy").shape == (2, LOCAL_DIMENSIONS)
+    assert main(["bench", "--local", "--model", "nope/nope", "--texts", "1"]) == 2
+    assert "--local serves these models" in one_error_line(capsys.readouterr().err)
+
+
+# -- outputs are never silently replaced or dropped --------------------------------------------
+
+
+def test_an_id_field_with_a_npy_output_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, options, _ = write_jsonl(tmp_path)
+    argv = ["embed", str(source), "-o", str(tmp_path / "o.npy"), *options, "--model", MODEL]
+    assert main([*argv, "--local", "--resume", str(tmp_path / "s.db")]) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert "keeps vectors only, not the ids of 'doc'" in err and ".jsonl or .parquet" in err
+    assert names(tmp_path) == [source.name]

@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from asyncembed import StoreError
 from asyncembed._bulk import BulkJob
 from asyncembed._cli import main
-from asyncembed._store import StoreError
 from asyncembed.testing import LocalServer
 
-MODEL = "test/model"
+MODEL = "openai/text-embedding-3-small"  # one of the models --local serves
 
 
 async def run(argv: list[str]) -> int:
@@ -143,7 +143,7 @@ async def test_an_output_name_the_file_system_refuses_is_found_first(
 def test_ctrl_c_during_validation_stops_promptly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncembed import _readers
+    from asyncembed._bulk import _readers
 
     src = tmp_path / "in.txt"
     src.write_text("".join(f"text {i}\n" for i in range(50_000)))
@@ -185,7 +185,7 @@ def test_two_runs_of_one_job_are_not_allowed_at_once(tmp_path: Path) -> None:
 def test_parquet_crash_while_removing_parts_still_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncembed import _parquet_writer as pw
+    from asyncembed._bulk import _parquet as pw
 
     class Killed(BaseException):
         pass
@@ -246,7 +246,7 @@ def test_a_full_disk_is_one_line_and_the_job_resumes_after(tmp_path: Path) -> No
     source.write_text("".join(f"line {i} of the corpus\n" for i in range(2_000)))
     out, state = tmp_path / "o.npy", tmp_path / "s.db"
     argv = [sys.executable, "-m", "asyncembed", "embed", str(source), "-o", str(out)]
-    argv += ["--model", "test/model", "--local", "--quiet", "--resume", str(state)]
+    argv += ["--model", MODEL, "--local", "--quiet", "--resume", str(state)]
     argv += ["--batch-size", "100"]
     full = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_small_disk, check=False)
     assert full.returncode == 3, full.stderr
@@ -258,3 +258,37 @@ def test_a_full_disk_is_one_line_and_the_job_resumes_after(tmp_path: Path) -> No
     reference = tmp_path / "ref.npy"
     assert main([*argv[3:5], "-o", str(reference), *argv[7:11]]) == 0
     assert out.read_bytes() == reference.read_bytes()
+
+
+def test_an_existing_output_is_refused_untouched_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.txt").write_text("a\nb\nc\n")
+    out, state = tmp_path / "o.jsonl", tmp_path / "s.db"
+    out.write_text("someone's earlier work\n")
+    argv = ["embed", str(tmp_path / "in.txt"), "-o", str(out), "--model", MODEL, "--local"]
+    argv += ["--quiet", "--resume", str(state)]
+    assert main(argv) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert f"{out}: exists already (pass --overwrite to replace it)" in err
+    assert out.read_text() == "someone's earlier work\n"
+    assert not state.exists()  # a fresh state file does not make it "the job being resumed"
+    assert main([*argv, "--overwrite"]) == 0
+    assert len(out.read_text().splitlines()) == 3
+    # The job being resumed is its own output: no --overwrite needed to rerun it.
+    assert main(argv) == 0
+    assert "is already complete" in capsys.readouterr().out
+
+
+def test_the_state_of_another_job_does_not_unlock_an_existing_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.txt").write_text("a\nb\nc\n")
+    first, second, state = tmp_path / "first.npy", tmp_path / "second.npy", tmp_path / "s.db"
+    base = ["embed", str(tmp_path / "in.txt"), "--model", MODEL, "--local", "--quiet"]
+    assert main([*base, "-o", str(first), "--resume", str(state)]) == 0
+    assert main([*base, "-o", str(second)]) == 0
+    before = second.read_bytes()
+    assert main([*base, "-o", str(second), "--resume", str(state)]) == 2
+    assert "records a different job" in one_error_line(capsys.readouterr().err)
+    assert second.read_bytes() == before

@@ -93,7 +93,7 @@ async def test_duplicate_texts_waiting_together_are_sent_once() -> None:
             for i in range(50):
                 tg.start_soon(call, f"t{i % 5}")
             await anyio.lowlevel.checkpoint()
-            embedder._batcher.flush()
+            embedder.flush()
         assert server.inputs_count == 5
         assert embedder.stats.deduplicated == 45
         assert len(got) == 50
@@ -184,7 +184,7 @@ async def test_bad_input_fails_at_the_call_site_and_alone(call: Any, error: type
             with pytest.raises(error):
                 await call(embedder)
             assert embedder.stats.queued == 1
-            embedder._batcher.flush()
+            embedder.flush()
         assert server.requests_count == 1 and server.inputs_count == 1
 
 
@@ -281,8 +281,7 @@ async def test_stream_bad_item_names_its_position() -> None:
 async def test_lifecycle_errors_and_repr() -> None:
     async with LocalServer(dimensions=DIMS) as server:
         embedder = Embedder(MODEL, base_url=server.base_url, api_key="sk-secret-123")
-        with pytest.raises(asyncembed.EmbedderClosedError, match="not open"):
-            await embedder.embed("x")
+        assert "state=UNOPENED" in repr(embedder)
         async with embedder:
             assert "state=OPENED" in repr(embedder)
             await embedder.embed("x")
@@ -373,7 +372,7 @@ async def test_token_estimate_calibrates_from_usage() -> None:
     async with setup(batching=Batching(chars_per_token=1.0)) as (_, embedder):
         for i in range(20):
             await embedder.embed_many([f"{'word ' * 40}{i}-{j}" for j in range(10)])
-        assert 3.0 < embedder._estimator.chars_per_token <= 4.5
+        assert 3.0 < embedder.stats.chars_per_token <= 4.5
 
 
 async def test_stats_show_requests_waiting_for_a_slot() -> None:

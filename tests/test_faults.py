@@ -43,7 +43,7 @@ async def setup(
 ) -> AsyncIterator[tuple[LocalServer, Embedder, FakeClock]]:
     clock = kw.pop("clock", None) or FakeClock()
     kw.setdefault("retry", no_backoff())
-    async with LocalServer(dimensions=DIMS, clock=clock.now, **(server_kw or {})) as server:
+    async with LocalServer(dimensions=DIMS, clock=clock, **(server_kw or {})) as server:
         async with Embedder(MODEL, base_url=server.base_url, clock=clock, **kw) as embedder:
             yield server, embedder, clock
 
@@ -391,7 +391,7 @@ async def test_a_fatal_error_while_bisecting_reaches_callers_as_itself() -> None
             for text in ("a", "b", "c", "d"):
                 tg.start_soon(call, text)
             await anyio.lowlevel.checkpoint()
-            embedder._batcher.flush()
+            embedder.flush()
         assert len(errors) == 4
         assert all(isinstance(e, asyncembed.AuthenticationError) for e in errors)
 
@@ -421,7 +421,8 @@ async def test_a_429_without_retry_after_pauses_everyone_for_the_backoff() -> No
         backoff = clock.sleeps[-1]
         assert 0.0 <= backoff <= 2.0
         # The pause covers the same backoff for every other request, not just this one.
-        assert embedder._scheduler.paused_until == pytest.approx(limited.arrived + backoff)
+        left = limited.arrived + backoff - clock.now()
+        assert embedder.stats.paused_for == pytest.approx(left)
         assert embedder.stats.rate_limited == 1 and embedder.stats.retries == 1
 
 

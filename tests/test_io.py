@@ -15,17 +15,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from asyncembed._exceptions import AsyncEmbedError
-from asyncembed._io import (
-    Checkpoint,
+from asyncembed._bulk._files import Checkpoint, RecordId
+from asyncembed._bulk._formats import open_reader, open_writer
+from asyncembed._bulk._parquet import ParquetWriter
+from asyncembed._bulk._readers import Reader
+from asyncembed._bulk._writers import Writer
+from asyncembed._exceptions import (
+    AsyncEmbedError,
     InputFileError,
     MissingExtraError,
     OutputFileError,
-    RecordId,
 )
-from asyncembed._parquet_writer import ParquetWriter
-from asyncembed._readers import Reader, open_reader
-from asyncembed._writers import Writer, open_writer
 
 CORPUS = Path(__file__).parent.parent / "asyncembed" / "data" / "corpus.txt"
 
@@ -232,7 +232,7 @@ def test_parquet_reads_across_row_groups_from_any_start(tmp_path: Path) -> None:
 
 
 def test_parquet_small_batches_keep_positions(tmp_path: Path) -> None:
-    from asyncembed._readers import ParquetReader
+    from asyncembed._bulk._parquet import ParquetReader
 
     path = parquet(tmp_path, {"text": [f"t{i}" for i in range(10)]}, group=4)
     reader = ParquetReader(path, batch_size=3)
@@ -486,7 +486,7 @@ def test_empty_output_with_known_dim(tmp_path: Path, fmt: str) -> None:
 
 
 def test_parquet_parts_are_bounded_in_bytes_at_high_dimensions(tmp_path: Path) -> None:
-    from asyncembed._parquet_writer import ParquetWriter
+    from asyncembed._bulk._parquet import ParquetWriter
 
     writer = open_writer(tmp_path / "o.parquet", rows=64, dim=None)
     assert isinstance(writer, ParquetWriter)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import email.utils
 import io
 import math
 import random
@@ -26,6 +27,7 @@ import pytest
 
 import asyncembed.testing as testing
 from asyncembed.testing import (
+    FakeClock,
     Fault,
     Faults,
     LocalServer,
@@ -38,19 +40,6 @@ from asyncembed.testing import (
 pytestmark = pytest.mark.anyio
 
 MODEL = "test/embed"
-
-
-class FakeClock:
-    """Epoch seconds that move only when told to."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Reply(msgspec.Struct):
@@ -285,7 +274,9 @@ async def test_unknown_model_when_models_are_configured() -> None:
         reply = await post(session, server, {"model": "nope/nope", "input": "x"})
         assert reply.status == 400
         error = reply.json()["error"]
-        assert "nope/nope" in error["message"]
+        assert error["message"] == (
+            "nope/nope is not a valid model ID (this local server serves: known)"
+        )
         assert error["availability"] == {"code": "model_not_found", "retryable": False}
     async with serving() as (server, session):  # no list: any model is fine
         assert (await post(session, server, {"model": "nope/nope", "input": "x"})).status == 200
@@ -350,8 +341,9 @@ async def test_api_key_required_and_never_echoed() -> None:
 
 async def test_rpm_limit_answers_429_with_headers() -> None:
     clock = FakeClock()
-    start = clock.now
+    start = clock.now()
     async with serving(rpm=2, clock=clock) as (server, session):
+        reset = str(math.ceil(server.wall_time(start + 60) * 1000))
         assert (await post(session, server, embed_body())).status == 200
         clock.advance(10)
         assert (await post(session, server, embed_body())).status == 200
@@ -361,13 +353,15 @@ async def test_rpm_limit_answers_429_with_headers() -> None:
         assert reply.headers["Retry-After"] == "45"  # the first request leaves at start + 60
         assert reply.headers["X-RateLimit-Limit"] == "2"
         assert reply.headers["X-RateLimit-Remaining"] == "0"
-        assert reply.headers["X-RateLimit-Reset"] == str(int((start + 60) * 1000))
+        assert reply.headers["X-RateLimit-Reset"] == reset
+        # Epoch time, though the fake clock started at 1000: the server's start + 60 s.
+        assert abs(int(reset) / 1000 - (time.time() + 60)) < 5
         error = reply.json()["error"]
         assert error["code"] == 429
         assert error["metadata"]["headers"] == {
             "X-RateLimit-Limit": "2",
             "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset": str(int((start + 60) * 1000)),
+            "X-RateLimit-Reset": reset,
         }
         assert server.requests[-1].fault == "rate_limited"
         clock.advance(45)  # exactly 60 s after the first one
@@ -377,7 +371,7 @@ async def test_rpm_limit_answers_429_with_headers() -> None:
 
 async def test_tpm_limit_answers_429_and_413_for_hopeless_requests() -> None:
     clock = FakeClock()
-    start = clock.now
+    start = clock.now()
     async with serving(tpm=10, clock=clock) as (server, session):
         eight = ["x" * 16, "y" * 16]  # 4 tokens each
         assert (await post(session, server, embed_body(eight))).status == 200
@@ -387,7 +381,9 @@ async def test_tpm_limit_answers_429_and_413_for_hopeless_requests() -> None:
         assert reply.headers["X-RateLimit-Limit"] == "10"
         assert reply.headers["X-RateLimit-Remaining"] == "2"
         assert reply.headers["Retry-After"] == "30"
-        assert reply.headers["X-RateLimit-Reset"] == str(int((start + 60) * 1000))
+        assert reply.headers["X-RateLimit-Reset"] == str(
+            math.ceil(server.wall_time(start + 60) * 1000)
+        )
         assert (await post(session, server, embed_body(["z" * 8]))).status == 200  # 2 tokens
         too_big = await post(session, server, embed_body(["w" * 44]))  # 11 tokens, never fits
         assert too_big.status == 413
@@ -533,16 +529,41 @@ async def test_reset_closes_without_answer() -> None:
         assert (await post(session, server, embed_body())).status == 200
 
 
-async def test_slow_and_latency_delay_the_answer() -> None:
-    async with serving(script=[Fault(kind="slow", delay=0.03)]) as (server, session):
-        started = time.perf_counter()
+async def test_slow_and_latency_delay_the_answer_on_the_servers_clock() -> None:
+    clock = FakeClock()
+    slow = Fault(kind="slow", delay=30.0)
+    async with serving(script=[slow], latency=2.0, clock=clock) as (server, session):
         assert (await post(session, server, embed_body())).status == 200
-        assert time.perf_counter() - started >= 0.03
         assert server.requests[0].fault == "slow"
-    async with serving(latency=0.01, latency_per_input=0.01) as (server, session):
-        started = time.perf_counter()
+        assert clock.sleeps == [32.0] and clock.now() == 1032.0  # no real wait
+    clock = FakeClock()
+    async with serving(latency=0.5, latency_per_input=0.25, clock=clock) as (server, session):
         assert (await post(session, server, embed_body(["a", "b"]))).status == 200
-        assert time.perf_counter() - started >= 0.03
+        assert clock.sleeps == [1.0]
+
+
+async def test_a_retry_after_date_is_the_clock_plus_the_epoch_offset() -> None:
+    clock = FakeClock()
+    fault = Fault.status(503, retry_after=30, retry_after_date=True)
+    async with serving(script=[fault], clock=clock) as (server, session):
+        clock.advance(100)  # the date moves with the server's clock, not the machine's
+        reply = await post(session, server, embed_body())
+        when = email.utils.parsedate_to_datetime(reply.headers["Retry-After"]).timestamp()
+        assert when == math.ceil(server.wall_time() + 30)
+        assert abs(when - (time.time() + 130)) < 5
+
+
+async def test_latency_jitter_varies_each_answer_within_its_bounds_repeatably() -> None:
+    runs = []
+    for _ in range(2):
+        clock = FakeClock()
+        async with serving(latency=1.0, latency_jitter=0.5, clock=clock) as (server, session):
+            for _ in range(20):
+                assert (await post(session, server, embed_body())).status == 200
+        runs.append(clock.sleeps)
+    assert runs[0] == runs[1]  # seeded: a run can be repeated
+    assert all(0.5 <= s <= 1.5 for s in runs[0])
+    assert max(runs[0]) - min(runs[0]) > 0.5  # they do vary
 
 
 async def test_base64_ignored() -> None:
@@ -684,6 +705,7 @@ def test_fault_and_faults_validation() -> None:
         ({"models": {"m": 0}}, "models"),
         ({"latency": -1.0}, "latency"),
         ({"latency_per_input": -1.0}, "latency_per_input"),
+        ({"latency_jitter": 1.5}, "latency_jitter"),
         ({"max_inputs": 0}, "max_inputs"),
         ({"rpm": 0}, "rpm"),
         ({"tpm": 0}, "tpm"),
@@ -698,6 +720,11 @@ def test_fault_and_faults_validation() -> None:
 def test_constructor_validation(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LocalServer(**options)
+
+
+def test_the_clock_is_a_clock_not_a_function() -> None:
+    with pytest.raises(TypeError, match="clock must be a Clock"):
+        LocalServer(clock=time.time)  # type: ignore[arg-type]
 
 
 # -- recording -----------------------------------------------------------------------
@@ -717,11 +744,11 @@ async def test_records_and_stats() -> None:
         assert first.dimensions == 4
         assert first.status == 200
         assert first.path == "/api/v1/embeddings"
-        assert first.arrived == clock.now - 1.5
+        assert first.arrived == clock.now() - 1.5
         assert second.inputs == [[1, 2]]
         assert second.encoding_format is None
         assert second.headers["X-Trace"] == "t1"
-        assert second.arrived == clock.now
+        assert second.arrived == clock.now()
         assert server.requests_count == 2
         assert server.inputs_count == 3
         stats = server.stats

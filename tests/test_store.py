@@ -17,8 +17,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from asyncembed._io import Checkpoint, InputFileError
-from asyncembed._store import Cache, JobIdentity, JobMismatchError, JobState, StoreError
+from asyncembed._bulk._files import Checkpoint
+from asyncembed._bulk._state import JobIdentity, JobState
+from asyncembed._cache import Cache
+from asyncembed._exceptions import InputFileError, JobMismatchError, StoreError
 
 MODEL = "openai/text-embedding-3-small"
 
@@ -91,6 +93,7 @@ def test_a_different_job_is_refused(tmp_path: Path, changes: dict[str, Any], fie
 def test_a_changed_input_is_refused_but_a_copy_is_not(tmp_path: Path) -> None:
     with JobState(tmp_path / "state.db") as state:
         state.begin(identity(tmp_path))
+        state.commit(Checkpoint(rows=1, dim=4))
     os.utime(tmp_path / "corpus.txt", (0, 0))  # touched: same content, same job
     with JobState(tmp_path / "state.db") as state:
         state.begin(identity(tmp_path))
@@ -100,6 +103,18 @@ def test_a_changed_input_is_refused_but_a_copy_is_not(tmp_path: Path) -> None:
         pytest.raises(JobMismatchError, match="input_fingerprint"),
     ):
         state.begin(identity(tmp_path))
+
+
+def test_a_job_with_nothing_saved_is_replaced_by_the_corrected_command(tmp_path: Path) -> None:
+    with JobState(tmp_path / "state.db") as state:  # e.g. the first request failed
+        state.begin(identity(tmp_path, dimensions=256))
+    with JobState(tmp_path / "state.db") as state:
+        assert state.begin(identity(tmp_path)) == Checkpoint()
+        state.commit(Checkpoint(rows=2, dim=4))
+    with JobState(tmp_path / "state.db") as state:  # the corrected job is the one recorded
+        assert state.begin(identity(tmp_path)).rows == 2
+        with pytest.raises(JobMismatchError):
+            state.begin(identity(tmp_path, dimensions=256))
 
 
 def test_identity_of_a_missing_input(tmp_path: Path) -> None:
@@ -143,9 +158,9 @@ RUNNER = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    from asyncembed._readers import open_reader
-    from asyncembed._store import JobIdentity, JobState
-    from asyncembed._writers import open_writer
+    from asyncembed._bulk._formats import open_reader
+    from asyncembed._bulk._state import JobIdentity, JobState
+    from asyncembed._bulk._formats import open_writer
 
     corpus, out, state_path, kill_at, when = sys.argv[1:6]
     kill_at = int(kill_at)

@@ -8,6 +8,7 @@ import gc
 import inspect
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -266,11 +267,15 @@ def test_close_from_another_thread_lets_calls_in_flight_finish() -> None:
     assert "CLOSED" in repr(embedder)
 
 
-def test_an_unused_embedder_starts_no_thread_and_closes_quietly() -> None:
+def test_an_unused_embedder_starts_no_thread_and_closes_quietly(tmp_path: Path) -> None:
     before = sync_threads()
-    embedder = SyncEmbedder(MODEL)
+    embedder = SyncEmbedder(MODEL, cache=tmp_path / "cache.sqlite")
     assert sync_threads() == before and "UNSTARTED" in repr(embedder)
     embedder.close()
+    cache = embedder._embedder.cache  # opened from the path: closed with it
+    assert cache is not None
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        len(cache)
     with pytest.raises(EmbedderClosedError):
         embedder.embed("x")
     del embedder

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import aiohttp
+import aiohttp.abc
 import anyio
 import anyio.lowlevel
 import numpy as np
 import pytest
 
 import asyncembed
-from asyncembed import Embedder, Timeouts
-from asyncembed._embedder import resolve_api_key
-from asyncembed._transport import HTTPTransport, is_loopback
-from asyncembed.testing import LocalServer, expected_vector, no_backoff
+from asyncembed import Embedder, Retry, Timeouts
+from asyncembed._transport import HTTPTransport, is_loopback, resolve_api_key
+from asyncembed.testing import FakeClock, LocalServer, expected_vector, no_backoff
 
 pytestmark = pytest.mark.anyio
 
@@ -315,3 +318,72 @@ async def test_a_json_escaped_echo_of_the_key_is_redacted_too() -> None:
     error = await error_401_from(echo)
     assert KEY not in chain(error) and "[redacted]" in str(error)
     assert error.metadata == {"raw": "Bearer [redacted]"}
+
+
+# -- a server never reached fails fast; one that answered before is retried as usual ------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_refused_server_never_reached_fails_within_the_unreachable_timeout() -> None:
+    clock = FakeClock()
+    url = f"http://user:pw@127.0.0.1:{free_port()}/api/v1"  # nothing listens there
+    retry = Retry(attempts=100, timeout=180.0)
+    async with Embedder("m", base_url=url, retry=retry, clock=clock) as embedder:
+        start = clock.now()
+        with pytest.raises(asyncembed.APIConnectionError) as info:
+            await embedder.embed("x")
+    assert info.value.unreachable
+    assert clock.now() - start <= retry.unreachable_timeout
+    assert embedder.stats.requests < 100  # gave up long before the attempts ran out
+    message = str(info.value)
+    assert f"127.0.0.1:{url.rsplit(':', 1)[1].split('/')[0]}/api/v1/embeddings" in message
+    assert "pw" not in message and "user" not in message
+
+
+class _NoSuchHost(aiohttp.abc.AbstractResolver):
+    """A resolver for which no name exists: DNS failure without any DNS traffic."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[Any]:
+        raise OSError(socket.EAI_NONAME, "Name or service not known")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_name_that_does_not_resolve_fails_fast_too() -> None:
+    clock = FakeClock()
+    connector = aiohttp.TCPConnector(resolver=_NoSuchHost())
+    async with aiohttp.ClientSession(connector=connector) as session:
+        retry = Retry(attempts=100, timeout=180.0)
+        embedder = Embedder(
+            "m",
+            base_url="https://no-such-host.invalid/v1",
+            session=session,
+            retry=retry,
+            clock=clock,
+        )
+        with pytest.raises(asyncembed.APIConnectionError, match=r"no-such-host\.invalid") as info:
+            await embedder.embed("x")
+        await embedder.aclose()
+    assert info.value.unreachable and clock.now() - 1000.0 <= retry.unreachable_timeout
+
+
+async def test_a_server_that_answered_before_is_retried_past_the_unreachable_timeout() -> None:
+    clock = FakeClock()
+    retry = Retry(attempts=30, timeout=600.0, initial_delay=1.0, max_delay=5.0)
+    server = LocalServer(dimensions=4)
+    await server.__aenter__()
+    embedder = Embedder("m", base_url=server.base_url, retry=retry, clock=clock)
+    await embedder.embed("first")  # it answered once
+    await server.__aexit__(None, None, None)  # then it went away
+    with pytest.raises(asyncembed.APIConnectionError) as info:
+        await embedder.embed("second")
+    await embedder.aclose()
+    assert not info.value.unreachable
+    assert embedder.stats.requests == 1 + retry.attempts  # every attempt was spent
+    assert clock.now() - 1000.0 > retry.unreachable_timeout

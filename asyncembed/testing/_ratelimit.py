@@ -2,7 +2,9 @@
 
 A sliding 60-second window over the requests admitted so far: a request is refused
 when it would make more than ``rpm`` requests, or more than ``tpm`` tokens, within
-the last 60 seconds. The clock is injectable so tests can move time by hand.
+the last 60 seconds. Time is read from a function of monotonic seconds (the server's
+:class:`~asyncembed.Clock`), so tests move it by hand; the epoch-based header
+``X-RateLimit-Reset`` is derived from it with the server's fixed epoch offset.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class Refusal:
         limit: That limit (requests or tokens per minute).
         remaining: What is left of it in the current window (0 for requests).
         retry_after: Seconds until the request would fit.
-        reset: Clock time at which it would fit.
+        reset: Clock time (monotonic seconds) at which it would fit.
     """
 
     kind: str
@@ -36,14 +38,19 @@ class Refusal:
     retry_after: float
     reset: float
 
-    def headers(self) -> dict[str, str]:
-        """``Retry-After`` (whole seconds, rounded up) and ``X-RateLimit-*`` (reset in epoch ms)."""
+    def headers(self, epoch_offset: float) -> dict[str, str]:
+        """``Retry-After`` (whole seconds, rounded up) and ``X-RateLimit-*`` (reset in epoch ms).
+
+        Args:
+            epoch_offset: Epoch seconds minus clock seconds: turns :attr:`reset` into
+                wall time.
+        """
         return {
             # Rounded first so that float noise (45.0000001) does not add a second.
             "Retry-After": str(max(0, math.ceil(round(self.retry_after, 6)))),
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(math.ceil(self.reset * 1000.0)),
+            "X-RateLimit-Reset": str(math.ceil((self.reset + epoch_offset) * 1000.0)),
         }
 
 
@@ -53,8 +60,7 @@ class WindowLimiter:
     Args:
         rpm: Requests per minute, or ``None``.
         tpm: Tokens per minute, or ``None``.
-        clock: Seconds since the epoch (``time.time`` by default); ``X-RateLimit-Reset``
-            is derived from it.
+        clock: Monotonic seconds (the server's ``Clock.now``).
     """
 
     __slots__ = ("_clock", "_log", "_tokens", "rpm", "tpm")

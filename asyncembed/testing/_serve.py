@@ -38,31 +38,87 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
-    add("--port", type=int, default=8000, help="port, 0 for any free one (default: %(default)s)")
-    add("--dimensions", type=int, default=1536, help="vector length (default: %(default)s)")
+    add(
+        "--port",
+        type=int,
+        default=8000,
+        metavar="N",
+        help="port, 0 for any free one (default: %(default)s)",
+    )
+    add(
+        "--dimensions",
+        type=int,
+        default=1536,
+        metavar="N",
+        help="vector length (default: %(default)s)",
+    )
     add(
         "--model",
         dest="models",
         action="append",
         type=_name_value(int),
         metavar="NAME=DIMS",
-        help="accept only these models, with these vector lengths (repeatable)",
+        help="accept only these models, with these vector lengths (repeatable; default: any model)",
     )
-    add("--api-key", default=None, help="require this bearer key (default: accept any)")
-    add("--latency", type=float, default=0.0, help="seconds added to every answer")
-    add("--latency-per-input", type=float, default=0.0, help="seconds added per input")
+    add(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="require this bearer key (default: accept any)",
+    )
+    add(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds added to every answer (default: 0)",
+    )
+    add(
+        "--latency-per-input",
+        type=float,
+        metavar="SECONDS",
+        default=0.0,
+        help="seconds added per input (default: 0)",
+    )
+    add(
+        "--latency-jitter",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="vary each answer's added seconds within 1 +- FRACTION, seeded (default: 0)",
+    )
     add(
         "--max-inputs",
         type=int,
+        metavar="N",
         default=2048,
         help="most inputs per request, 0 for no limit (default: %(default)s)",
     )
-    add("--rpm", type=int, default=None, help="requests per minute before 429")
-    add("--tpm", type=int, default=None, help="tokens per minute before 429")
-    add("--price-per-token", type=float, default=2e-8, help="usage.cost per token in USD")
+    add(
+        "--rpm",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests per minute before 429 (default: none)",
+    )
+    add(
+        "--tpm",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens per minute before 429 (default: none)",
+    )
+    add(
+        "--price-per-token",
+        type=float,
+        metavar="USD",
+        default=2e-8,
+        help="usage.cost per token in USD (default: %(default)s)",
+    )
     add(
         "--fault-rate",
         type=float,
+        metavar="P",
         default=0.0,
         help="probability of a random 429/502/503 per request (default: %(default)s)",
     )
@@ -74,7 +130,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FAULT=P",
         help="probability of one fault, e.g. 429=0.05, truncated=0.01 (repeatable)",
     )
-    add("--seed", type=int, default=0, help="seed of the fault RNG (default: %(default)s)")
+    add(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the fault RNG (default: %(default)s)",
+    )
     add(
         "--reject-input",
         dest="reject_inputs",
@@ -91,7 +153,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="this model answers base64 requests with empty data (repeatable)",
     )
-    add("--keepalive-timeout", type=float, default=75.0, help="idle keep-alive seconds")
+    add(
+        "--keepalive-timeout",
+        type=float,
+        metavar="SECONDS",
+        default=75.0,
+        help="idle keep-alive seconds (default: %(default)s)",
+    )
 
 
 def _server_from_args(args: argparse.Namespace) -> LocalServer:
@@ -109,6 +177,7 @@ def _server_from_args(args: argparse.Namespace) -> LocalServer:
         api_key=args.api_key,
         latency=args.latency,
         latency_per_input=args.latency_per_input,
+        latency_jitter=args.latency_jitter,
         max_inputs=args.max_inputs or None,
         rpm=args.rpm,
         tpm=args.tpm,

@@ -4,6 +4,17 @@ It answers ``POST /api/v1/embeddings`` (also ``/v1/embeddings`` and ``/embedding
 with deterministic vectors (see :func:`expected_vector`), validates requests as the
 real service does, enforces an optional API key and RPM/TPM limits, simulates latency,
 injects faults (scripted or random), and records what it received.
+
+Time comes from one :class:`~asyncembed.Clock` (``clock=``), the same object the
+:class:`~asyncembed.Embedder` takes: the RPM/TPM windows, the simulated latency and
+``RequestRecord.arrived`` use it, so one :class:`~asyncembed.testing.FakeClock` drives the
+client and the server and no test waits for the latency for real. The headers that
+carry wall time (``X-RateLimit-Reset`` in epoch milliseconds, ``Retry-After`` as an HTTP
+date) are the clock's reading plus an epoch offset fixed when the server is created
+(:meth:`LocalServer.wall_time`).
+
+Over 400 lines: one class whose parts (lifecycle, validation, faults, recording) all sit
+on the one request path; split, the path would be harder to follow, not easier.
 """
 
 from __future__ import annotations
@@ -13,14 +24,16 @@ import email.utils
 import hmac
 import logging
 import math
+import random
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
+from .._clock import Clock, SystemClock
 from .._types import Vector
 from ._faults import Fault, FaultPlan, Faults, FaultSpec
 from ._ratelimit import WindowLimiter
@@ -71,8 +84,12 @@ class LocalServer:
             (``model_not_found``); when ``None``, every model is accepted.
         api_key: When set, requests must send ``Authorization: Bearer <api_key>``
             (401 otherwise). ``None`` accepts any request.
-        latency: Seconds added to every answer.
+        latency: Seconds added to every answer (slept on ``clock``).
         latency_per_input: Seconds added per input.
+        latency_jitter: Each answer's added time is drawn uniformly from
+            ``[1 - latency_jitter, 1 + latency_jitter]`` times the above, as a real
+            API's latency varies (in 0..1; 0, the default, adds exactly the above).
+            Draws come from a fixed seed, so a run is repeatable.
         max_inputs: Most inputs per request (400 beyond); ``None`` for no limit.
         rpm: Requests per minute (429 beyond), or ``None``.
         tpm: Tokens per minute (429 beyond; 413 for a request larger than the limit).
@@ -89,11 +106,15 @@ class LocalServer:
         record_inputs: Keep each request's inputs in :attr:`requests` (turn off for
             big benchmarks to save memory).
         max_body_bytes: Largest request body accepted (413 beyond).
-        clock: Time in epoch seconds for the RPM/TPM windows, ``X-RateLimit-Reset`` and
-            ``RequestRecord.arrived``; inject a fake clock to move time in tests.
+        clock: The :class:`~asyncembed.Clock` for the RPM/TPM windows, the latency and
+            ``RequestRecord.arrived`` (``None``: the real clock). Pass the client's
+            :class:`~asyncembed.testing.FakeClock` to move both by hand. Wall-clock
+            headers are derived from it, see :meth:`wall_time`.
 
     Raises:
         ValueError: If a setting is out of range.
+        TypeError: If ``clock`` is not a :class:`~asyncembed.Clock` (a function such as
+            ``time.time``, as it used to be).
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -108,6 +129,7 @@ class LocalServer:
         api_key: str | None = None,
         latency: float = 0.0,
         latency_per_input: float = 0.0,
+        latency_jitter: float = 0.0,
         max_inputs: int | None = 2048,
         rpm: int | None = None,
         tpm: int | None = None,
@@ -121,14 +143,18 @@ class LocalServer:
         record_requests: bool = True,
         record_inputs: bool = True,
         max_body_bytes: int = 256 * 1024 * 1024,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
+        if clock is not None and not callable(getattr(clock, "sleep", None)):
+            # The clock used to be a time.time-like function: say what it is now.
+            raise TypeError(f"clock must be a Clock, with now() and async sleep(), got {clock!r}")
         _check(0 <= port <= 65535, f"port must be in 0..65535, got {port}")
         _check(1 <= dimensions <= MAX_DIMENSIONS, f"dimensions must be in 1..{MAX_DIMENSIONS}")
         for name, dims in (models or {}).items():
             _check(1 <= dims <= MAX_DIMENSIONS, f"models[{name!r}] must be in 1..{MAX_DIMENSIONS}")
         _check(latency >= 0, f"latency must be >= 0, got {latency}")
         _check(latency_per_input >= 0, f"latency_per_input must be >= 0, got {latency_per_input}")
+        _check(0 <= latency_jitter <= 1, f"latency_jitter must be in 0..1, got {latency_jitter}")
         _check(max_inputs is None or max_inputs >= 1, f"max_inputs must be >= 1, got {max_inputs}")
         _check(rpm is None or rpm >= 1, f"rpm must be >= 1 or None, got {rpm}")
         _check(tpm is None or tpm >= 1, f"tpm must be >= 1 or None, got {tpm}")
@@ -149,6 +175,7 @@ class LocalServer:
         )
         self.latency = latency
         self.latency_per_input = latency_per_input
+        self.latency_jitter = latency_jitter
         self.max_inputs = max_inputs
         self.price_per_token = price_per_token
         self.reject_inputs = frozenset(reject_inputs)
@@ -158,8 +185,12 @@ class LocalServer:
         self.max_body_bytes = max_body_bytes
         self._port = port
         self._expected_auth = f"Bearer {api_key}".encode() if api_key is not None else None
-        self._clock = clock
-        self._limiter = WindowLimiter(rpm=rpm, tpm=tpm, clock=clock)
+        self.clock: Clock = clock or SystemClock()
+        # Fixed once: the date headers move with the clock, fake or real, and a test
+        # can compute them with wall_time().
+        self._epoch_offset = time.time() - self.clock.now()
+        self._jitter = random.Random(0)
+        self._limiter = WindowLimiter(rpm=rpm, tpm=tpm, clock=self.clock.now)
         self._plan = FaultPlan(faults, script)
         self._runner: web.AppRunner | None = None
         self._closed = False
@@ -244,6 +275,14 @@ class LocalServer:
         """
         return self.url + "/api/v1"
 
+    def wall_time(self, at: float | None = None) -> float:
+        """The epoch seconds the server's headers give for clock reading ``at``.
+
+        Args:
+            at: A reading of :attr:`clock` (``None``: now).
+        """
+        return (self.clock.now() if at is None else at) + self._epoch_offset
+
     async def wait_idle(self) -> None:
         """Wait until no request is being handled (e.g. after a client hung up)."""
         await self._idle.wait()
@@ -300,7 +339,7 @@ class LocalServer:
         self._recorder.enter()
         self._idle.clear()
         try:
-            return await self._serve(request, self._clock())
+            return await self._serve(request, self.clock.now())
         finally:
             self._recorder.leave()
             if not self._recorder.in_flight:
@@ -340,7 +379,7 @@ class LocalServer:
             return self._error(request, arrived, parsed, 413, error_body(413, message), tokens)
         refusal = self._limiter.admit(tokens)
         if refusal is not None:
-            headers = refusal.headers()
+            headers = refusal.headers(self._epoch_offset)
             copy = {k: v for k, v in headers.items() if k.startswith("X-")}
             message = f"Rate limit exceeded: {refusal.limit} {refusal.kind} per minute"
             metadata = {"error_type": "rate_limit_exceeded", "headers": copy}
@@ -357,8 +396,10 @@ class LocalServer:
             if fault.kind == "slow":
                 delay += fault.delay
         if delay > 0:
+            if self.latency_jitter:
+                delay *= self._jitter.uniform(1 - self.latency_jitter, 1 + self.latency_jitter)
             try:
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             except asyncio.CancelledError:
                 # The client hung up (aiohttp cancels the handler): 499, as nginx logs it.
                 self._recorder.finish(request, arrived, parsed, 499, tokens, name)
@@ -368,7 +409,7 @@ class LocalServer:
         if fault.kind == "status":
             headers = {}
             if fault.retry_after is not None and fault.retry_after_date:
-                when = self._clock() + fault.retry_after
+                when = self.wall_time() + fault.retry_after
                 headers["Retry-After"] = email.utils.formatdate(math.ceil(when), usegmt=True)
             elif fault.retry_after is not None:
                 headers["Retry-After"] = _seconds(fault.retry_after)

@@ -127,8 +127,10 @@ def parse_request(
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' must be a non-empty string")
     if models is not None and model not in models:
+        # The real service's words, then what this one serves (it has no catalogue page).
+        served = ", ".join(sorted(models)) or "none"
         raise BadRequest(
-            f"{model} is not a valid model ID",
+            f"{model} is not a valid model ID (this local server serves: {served})",
             availability={"code": "model_not_found", "retryable": False},
         )
     if body.input is msgspec.UNSET:

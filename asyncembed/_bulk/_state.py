@@ -1,8 +1,8 @@
-"""SQLite storage for bulk jobs: the resumable job state and the embeddings cache.
+"""A bulk job's resumable state, in SQLite.
 
-Both are blocking, and safe to call from worker threads (``anyio.to_thread.run_sync``):
-each object owns one connection opened with ``check_same_thread=False`` and serializes
-its use with a lock. Both use WAL journaling.
+Blocking, and safe to call from worker threads (``anyio.to_thread.run_sync``): it owns
+one connection opened with ``check_same_thread=False`` (see :func:`asyncembed._cache.connect`)
+and serializes its use with a lock.
 
 The resume protocol, in the order the bulk runner must follow::
 
@@ -29,34 +29,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import sqlite3
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 
-from ._exceptions import AsyncEmbedError
-from ._io import Checkpoint, InputFileError
+from .._cache import connect
+from .._exceptions import InputFileError, JobMismatchError, StoreError
+from ._files import Checkpoint
 
-__all__ = ["Cache", "JobIdentity", "JobMismatchError", "JobState", "StoreError", "fingerprint"]
+__all__ = ["JobIdentity", "JobState", "fingerprint", "exclusive_lock"]
 
-_SCHEMA_VERSION = 1
 _SAMPLE = 1 << 20  # bytes hashed at each of three places in the input file
-_MAX_PARAMS = 500  # SQLite host parameters per statement (old builds allow only 999)
-
-
-class StoreError(AsyncEmbedError, ValueError):
-    """A state or cache file is unusable (missing folder, not an asyncembed database), or
-    the job state is misused (progress recorded before ``begin()``, or going backwards)."""
-
-
-class JobMismatchError(StoreError):
-    """The state file records a different job (input, model, output...): not resumed."""
 
 
 def fingerprint(path: str | os.PathLike[str]) -> str:
@@ -99,6 +85,8 @@ class JobIdentity:
         id_field: The id field/column, or ``None``.
         endpoint: Where the vectors come from (an API root, ``"local"``), or ``None``:
             vectors of one model from two endpoints must not mix in one output.
+        truncate_at: The estimated token count over-long texts are cut to, or ``None``
+            when they are refused: two runs cutting differently must not mix.
     """
 
     input_path: str
@@ -111,6 +99,8 @@ class JobIdentity:
     field: str | None = None
     id_field: str | None = None
     endpoint: str | None = None
+    # None when not truncating, so state files written before this field still match.
+    truncate_at: int | None = None
 
     @classmethod
     def of(
@@ -124,6 +114,7 @@ class JobIdentity:
         field: str | None = None,
         id_field: str | None = None,
         endpoint: str | None = None,
+        truncate_at: int | None = None,
     ) -> JobIdentity:
         """Describe a job, reading the input file's size and fingerprint.
 
@@ -143,34 +134,8 @@ class JobIdentity:
             field=field,
             id_field=id_field,
             endpoint=endpoint,
+            truncate_at=truncate_at,
         )
-
-
-def _connect(
-    path: str | os.PathLike[str], error: type[AsyncEmbedError], schema: str
-) -> sqlite3.Connection:
-    """Open (creating) a WAL-mode SQLite database with ``schema``, checking its version."""
-    p = Path(path)
-    if not p.parent.is_dir():
-        raise error(f"{p}: folder {str(p.parent)!r} does not exist")
-    try:
-        conn = sqlite3.connect(p, check_same_thread=False, timeout=30.0)
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
-                raise error(f"{p}: unknown schema version {version}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL may lose the last commit on power loss, never corrupt: the state is
-            # then behind the output, which resume handles; it is never ahead of it.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            with conn:
-                conn.executescript(schema + f"PRAGMA user_version = {_SCHEMA_VERSION};")
-        except BaseException:
-            conn.close()
-            raise
-    except sqlite3.DatabaseError as exc:
-        raise error(f"{p}: not an asyncembed database ({exc})") from None
-    return conn
 
 
 _JOB_SCHEMA = """
@@ -199,9 +164,9 @@ class JobState:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._owner = _exclusive(self.path)  # one run per job at a time
+        self._owner = exclusive_lock(self.path)  # one run per job at a time
         try:
-            self._conn = _connect(self.path, StoreError, _JOB_SCHEMA)
+            self._conn = connect(self.path, StoreError, _JOB_SCHEMA)
         except BaseException:
             self._owner.close()
             raise
@@ -219,19 +184,27 @@ class JobState:
     def begin(self, identity: JobIdentity) -> Checkpoint:
         """Start the job, or resume it if this file already records the same job.
 
+        A recorded job without a single row saved (a first run that failed at once, say
+        on a wrong option) is replaced: there is nothing of it to keep.
+
         Returns:
             The last recorded checkpoint (``rows == 0`` for a new job).
 
         Raises:
-            JobMismatchError: The file records a different job; the message lists the
-                fields that differ.
+            JobMismatchError: The file records a different job with progress; the
+                message lists the fields that differ.
         """
         encoded = msgspec.json.encode(dataclasses.asdict(identity)).decode()
         with self._lock, self._conn:
-            row = self._conn.execute("SELECT identity FROM job").fetchone()
+            row = self._conn.execute("SELECT identity, rows_done, finished FROM job").fetchone()
             if row is None:
                 self._conn.execute(
                     "INSERT INTO job (singleton, identity, updated_at) VALUES (0, ?, ?)",
+                    (encoded, time.time()),
+                )
+            elif row[1] == 0 and not row[2]:
+                self._conn.execute(
+                    "UPDATE job SET identity = ?, dim = NULL, byte_offset = 0, updated_at = ?",
                     (encoded, time.time()),
                 )
             else:
@@ -305,117 +278,7 @@ class JobState:
         return self.checkpoint
 
 
-_CACHE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS vectors (
-    key BLOB PRIMARY KEY,
-    vector BLOB NOT NULL
-) WITHOUT ROWID;
-"""
-
-
-class Cache:
-    """A content-addressed SQLite cache of embeddings, shared by every job that opens it.
-
-    The key is a 16-byte BLAKE2b hash of ``(model, dimensions, text)``, so the same text
-    under another model or another dimension count is a different entry. Values are the
-    float32 vectors' little-endian bytes.
-
-    Args:
-        path: The cache file; created if missing (its folder must exist).
-
-    Raises:
-        StoreError: The folder is missing, or the file is not an asyncembed cache.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._conn = _connect(self.path, StoreError, _CACHE_SCHEMA)
-        self.hits = 0
-        """Texts found by :meth:`get_many` since this object was opened."""
-        self.misses = 0
-        """Texts not found by :meth:`get_many` since this object was opened."""
-
-    def __repr__(self) -> str:
-        return f"<Cache path={str(self.path)!r} hits={self.hits} misses={self.misses}>"
-
-    def __enter__(self) -> Cache:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT count(*) FROM vectors").fetchone()[0])
-
-    @staticmethod
-    def key(model: str, dimensions: int | None, text: str) -> bytes:
-        """Return the cache key of one text: 16 bytes of BLAKE2b, unambiguously framed."""
-        name = model.encode()
-        digest = hashlib.blake2b(digest_size=16, person=b"asyncembed-v1")
-        digest.update(len(name).to_bytes(4, "little") + name)
-        digest.update((-1 if dimensions is None else dimensions).to_bytes(8, "little", signed=True))
-        digest.update(text.encode("utf-8", "surrogatepass"))
-        return digest.digest()
-
-    def get_many(
-        self, model: str, dimensions: int | None, texts: Sequence[str]
-    ) -> list[npt.NDArray[np.float32] | None]:
-        """Look texts up in one read; counts hits and misses.
-
-        Returns:
-            For each text, in order, its cached vector (a read-only float32 array), or
-            ``None``.
-        """
-        keys = [self.key(model, dimensions, t) for t in texts]
-        found: dict[bytes, bytes] = {}
-        with self._lock:
-            for i in range(0, len(keys), _MAX_PARAMS):
-                chunk = list(set(keys[i : i + _MAX_PARAMS]))
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT key, vector FROM vectors WHERE key IN ({marks})"
-                found.update(self._conn.execute(sql, chunk).fetchall())
-        out: list[npt.NDArray[np.float32] | None] = [
-            np.frombuffer(found[k], dtype="<f4") if k in found else None for k in keys
-        ]
-        hits = sum(v is not None for v in out)
-        self.hits += hits
-        self.misses += len(out) - hits
-        return out
-
-    def put_many(
-        self, model: str, dimensions: int | None, texts: Sequence[str], vectors: npt.ArrayLike
-    ) -> None:
-        """Store one vector per text, in one transaction (a later put replaces an entry).
-
-        Args:
-            model: The model that made the vectors.
-            dimensions: The dimensions requested, or ``None`` for the model's default.
-            texts: The texts embedded.
-            vectors: A ``(len(texts), d)`` array (converted to float32).
-
-        Raises:
-            ValueError: ``vectors`` does not have one row per text.
-        """
-        arr = np.ascontiguousarray(vectors, dtype="<f4")
-        if arr.ndim != 2 or len(arr) != len(texts):
-            raise ValueError(f"expected {len(texts)} vectors of shape (d,), got {arr.shape}")
-        rows = [
-            (self.key(model, dimensions, t), v.tobytes()) for t, v in zip(texts, arr, strict=True)
-        ]
-        with self._lock, self._conn:
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO vectors (key, vector) VALUES (?, ?)", rows
-            )
-
-    def close(self) -> None:
-        """Close the database connection; idempotent."""
-        with self._lock:
-            self._conn.close()
-
-
-def _exclusive(path: Path) -> IO[bytes]:
+def exclusive_lock(path: Path) -> IO[bytes]:
     """Hold an exclusive lock on ``<path>.lock`` until the returned file is closed.
 
     Two runs of one job would pay for every text twice and overwrite each other's

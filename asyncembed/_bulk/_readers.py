@@ -1,8 +1,8 @@
-"""Corpus readers: ``(id, text)`` records from .txt, .jsonl, .csv and .parquet files.
+"""Corpus readers: ``(id, text)`` records from .txt, .jsonl and .csv files (.parquet: ``_parquet``).
 
 Every reader streams its file with bounded memory (one line, CSV row or Parquet record
 batch at a time), can start at any record for a resumed job, and validates as it goes:
-the first bad record raises :class:`~asyncembed._io.InputFileError` naming the file and
+the first bad record raises :class:`~asyncembed.InputFileError` naming the file and
 the 1-based line (or Parquet record) number.
 
 Policy for empty texts: a text that is empty or only whitespace is an error, never
@@ -31,17 +31,10 @@ from typing import IO, Any, TypeAlias
 
 import msgspec
 
-from ._io import InputFileError, RecordId, import_pyarrow
+from .._exceptions import InputFileError
+from ._files import RecordId
 
-__all__ = [
-    "CsvReader",
-    "JsonlReader",
-    "ParquetReader",
-    "Reader",
-    "Record",
-    "TxtReader",
-    "open_reader",
-]
+__all__ = ["CsvReader", "FieldReader", "JsonlReader", "Reader", "Record", "TxtReader"]
 
 Record: TypeAlias = tuple[RecordId, str]
 """One input: ``(id, text)``."""
@@ -149,7 +142,7 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-class _FieldReader(Reader):
+class FieldReader(Reader):
     """A reader of records whose text (and optional id) sit in a named field or column."""
 
     def __init__(
@@ -166,7 +159,7 @@ class _FieldReader(Reader):
         )
 
 
-class JsonlReader(_FieldReader):
+class JsonlReader(FieldReader):
     """One JSON object per line; the text is in ``field``, the id in ``id_field``.
 
     Ids are the ``id_field`` values (strings or integers), or 0-based line numbers when
@@ -217,7 +210,7 @@ class JsonlReader(_FieldReader):
         return record_id, text
 
 
-class CsvReader(_FieldReader):
+class CsvReader(FieldReader):
     """A CSV file with a header row; the text is in column ``field``, the id in ``id_field``.
 
     Parsed with the standard :mod:`csv` module (default dialect: commas, double quotes;
@@ -282,133 +275,3 @@ class CsvReader(_FieldReader):
                     raise InputFileError(self.path, msg, line=line)
                 text = self._check_text(row[self._text_col], line)
                 yield (index if self._id_col is None else row[self._id_col]), text
-
-
-class ParquetReader(_FieldReader):
-    """A Parquet file read in record batches; the text is in string column ``field``.
-
-    Needs pyarrow (the ``parquet`` extra). Ids come from ``id_field`` (an integer or string
-    column) or are 0-based row numbers. Errors name the 1-based record number.
-
-    Args:
-        path: The input file.
-        field: The name of the string column holding the text.
-        id_field: The column holding each record's id, or ``None`` for row numbers.
-        batch_size: Rows decoded at a time (bounds memory).
-
-    Raises:
-        MissingExtraError: pyarrow is not installed.
-        InputFileError: Not a Parquet file, or a named column is missing or of a wrong type.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        field: str = "text",
-        id_field: str | None = None,
-        batch_size: int = 4096,
-    ) -> None:
-        pa, pq = import_pyarrow()
-        super().__init__(path, field=field, id_field=id_field)
-        self._batch_size = batch_size
-        try:
-            self._file = pq.ParquetFile(self.path)
-        except (pa.ArrowException, OSError) as exc:
-            raise InputFileError(self.path, f"not a readable Parquet file: {exc}") from None
-        schema = self._file.schema_arrow
-        self._check_column(schema, field, (pa.types.is_string, pa.types.is_large_string))
-        if id_field is not None:
-            kinds = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string)
-            self._check_column(schema, id_field, kinds)
-
-    def _check_column(self, schema: Any, name: str, kinds: tuple[Any, ...]) -> None:
-        if name not in schema.names:
-            listed = ", ".join(repr(c) for c in schema.names)
-            raise InputFileError(self.path, f"no column {name!r} (columns: {listed})")
-        kind = schema.field(name).type
-        if not any(ok(kind) for ok in kinds):
-            raise InputFileError(self.path, f"column {name!r} has unsupported type {kind}")
-
-    def count(self) -> int:
-        return int(self._file.metadata.num_rows)
-
-    def records(self, start: int = 0) -> Iterator[Record]:
-        meta = self._file.metadata
-        first, skip = 0, start  # whole row groups before `start` are never decoded
-        while first < meta.num_row_groups and skip >= meta.row_group(first).num_rows:
-            skip -= meta.row_group(first).num_rows
-            first += 1
-        if first == meta.num_row_groups:
-            return
-        columns = [self.field] if self.id_field is None else [self.field, self.id_field]
-        batches = self._file.iter_batches(
-            batch_size=self._batch_size,
-            row_groups=range(first, meta.num_row_groups),
-            columns=columns,
-        )
-        index = start - skip
-        for batch in batches:
-            texts = batch.column(self.field).to_pylist()
-            ids = texts if self.id_field is None else batch.column(self.id_field).to_pylist()
-            for k, (text, record_id) in enumerate(zip(texts, ids, strict=True)):
-                if skip:
-                    skip -= 1
-                    continue
-                row = index + k
-                if text is None:
-                    raise InputFileError(self.path, "null text", line=row + 1, unit="record")
-                self._check_text(text, row + 1, unit="record")
-                if self.id_field is None:
-                    yield row, text
-                elif record_id is None:
-                    msg = f"null id in {self.id_field!r}"
-                    raise InputFileError(self.path, msg, line=row + 1, unit="record")
-                else:
-                    yield record_id, text
-            index += len(texts)
-
-
-_READERS: dict[str, type[_FieldReader]] = {
-    ".jsonl": JsonlReader,
-    ".ndjson": JsonlReader,
-    ".csv": CsvReader,
-    ".parquet": ParquetReader,
-}
-
-
-def open_reader(
-    path: str | os.PathLike[str], *, field: str | None = None, id_field: str | None = None
-) -> Reader:
-    """Open a corpus file with the reader its suffix names.
-
-    Args:
-        path: A ``.txt``, ``.jsonl`` (or ``.ndjson``), ``.csv`` or ``.parquet`` file.
-        field: The JSON field or column holding the text; ``None`` means ``"text"``.
-            Not allowed for ``.txt``.
-        id_field: The JSON field or column holding each record's id; ``None`` means
-            0-based line/row numbers. Not allowed for ``.txt``.
-
-    Returns:
-        A :class:`Reader`, not yet reading: iterate it or call ``records(start)``.
-
-    Raises:
-        InputFileError: Unknown suffix, missing file, options that do not apply to the
-            format, or (CSV, Parquet) a named column that does not exist.
-        MissingExtraError: A ``.parquet`` file without pyarrow installed.
-    """
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix == ".txt":
-        if field is not None or id_field is not None:
-            raise InputFileError(
-                p, "a field or id field does not apply to .txt (one text per line)"
-            )
-        return TxtReader(p)
-    cls = _READERS.get(suffix)
-    if cls is None:
-        known = ".txt, " + ", ".join(_READERS)
-        raise InputFileError(
-            p, f"unknown input format {suffix or '(no suffix)'!r} (expected {known})"
-        )
-    return cls(p, field="text" if field is None else field, id_field=id_field)

@@ -4,7 +4,7 @@ A writer receives blocks of rows in order, ``write(start, block, ids)`` with ``s
 equal to the rows written so far, and keeps everything under a temporary name until
 ``finish()`` renames it into place: a crashed or failed run never leaves a file that
 looks complete. ``flush()`` makes the rows written so far durable and returns the
-:class:`~asyncembed._io.Checkpoint` that the job state records; after a crash,
+:class:`~asyncembed._bulk._files.Checkpoint` that the job state records; after a crash,
 ``open_writer(..., resume=checkpoint)`` drops whatever was written past it, and the
 finished file is byte-identical to the one an uninterrupted run writes.
 
@@ -30,15 +30,16 @@ import abc
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from ._io import Checkpoint, OutputFileError, RecordId, fsync_dir, import_pyarrow
+from .._exceptions import OutputFileError
+from ._files import Checkpoint, RecordId, fsync_dir
 
-__all__ = ["JsonlWriter", "NpyWriter", "Writer", "check_output", "open_writer"]
+__all__ = ["JsonlWriter", "NpyWriter", "Writer"]
 
 
 class Writer(abc.ABC):
@@ -51,13 +52,34 @@ class Writer(abc.ABC):
         path: The final output path.
         rows: The number of rows the finished output holds.
         dim: The vector dimension, or ``None`` until the first block is written.
+        keeps_ids: Whether the output stores each row's id (``.npy`` does not).
     """
+
+    keeps_ids: ClassVar[bool] = True
+
+    @classmethod
+    def temporary_paths(cls, path: Path) -> dict[str, Path]:
+        """The files this writer keeps beside ``path`` until the output is finished.
+
+        Returns:
+            Each file's role (as an error message names it) and its path.
+        """
+        return {"unfinished output": path.with_name(path.name + ".partial")}
+
+    @classmethod
+    def id_checker(cls) -> Callable[[RecordId], None] | None:
+        """A check of each record's id, run before any work is paid for; ``None``: any id.
+
+        The returned function raises ``ValueError`` naming what is wrong with an id; it
+        may remember the ids seen (e.g. that they are all of one type).
+        """
+        return None
 
     def __init__(
         self, path: Path, *, rows: int, dim: int | None, resume: Checkpoint | None
     ) -> None:
         self.path = path
-        self.partial = path.with_name(path.name + ".partial")
+        self.partial = self.temporary_paths(path)["unfinished output"]
         self.rows = rows
         self.dim = dim
         self._file: IO[bytes] | None = None
@@ -239,6 +261,7 @@ class NpyWriter(Writer):
     pages written never count in the process's resident memory.
     """
 
+    keeps_ids = False
     _data_offset = 0
 
     def _is_done(self, checkpoint: Checkpoint) -> bool:
@@ -334,75 +357,3 @@ class JsonlWriter(Writer):
         self._flush()
         self._close()
         os.replace(self.partial, self.path)
-
-
-def open_writer(
-    path: str | os.PathLike[str],
-    *,
-    rows: int,
-    dim: int | None = None,
-    resume: Checkpoint | None = None,
-) -> Writer:
-    """Open the writer for ``path``'s suffix, checking the path before any work is done.
-
-    Args:
-        path: The final output: ``.npy``, ``.jsonl`` (or ``.ndjson``) or ``.parquet``.
-        rows: The number of rows the finished output will hold.
-        dim: The vector dimension, or ``None`` to take it from the first block.
-        resume: The job state's last checkpoint, or ``None`` for a fresh output (a
-            leftover temporary output is then overwritten).
-
-    Returns:
-        An open :class:`Writer`.
-
-    Raises:
-        OutputFileError: Unknown suffix, a missing or unwritable folder, a path that is a
-            folder, or a checkpoint the unfinished output does not match.
-        MissingExtraError: ``.parquet`` without pyarrow installed.
-        ValueError: ``rows`` or ``dim`` out of range.
-    """
-    p = Path(path)
-    cls = check_output(p)
-    if rows < 0 or (dim is not None and dim < 1):
-        raise ValueError(f"rows must be >= 0 and dim >= 1, got rows={rows}, dim={dim}")
-    return cls(p, rows=rows, dim=dim, resume=resume)
-
-
-def check_output(path: str | os.PathLike[str]) -> type[Writer]:
-    """Check that ``path`` can be written as an output, before any work; its writer class.
-
-    Raises:
-        OutputFileError: Unknown suffix, a missing or unwritable folder, a path that is a
-            folder, or a temporary name the file system refuses (too long...).
-        MissingExtraError: ``.parquet`` without pyarrow installed.
-    """
-    from ._parquet_writer import ParquetWriter  # here: that module imports this one
-
-    p = Path(path)
-    writers: dict[str, type[Writer]] = {
-        ".npy": NpyWriter,
-        ".jsonl": JsonlWriter,
-        ".ndjson": JsonlWriter,
-        ".parquet": ParquetWriter,
-    }
-    cls = writers.get(p.suffix.lower())
-    if cls is None:
-        known = ", ".join(writers)
-        raise OutputFileError(p, f"unknown output format {p.suffix or '(no suffix)'!r} ({known})")
-    parent = p.parent
-    if not parent.is_dir():
-        raise OutputFileError(p, f"output folder {str(parent)!r} does not exist")
-    if p.is_dir():
-        raise OutputFileError(p, "is a folder")
-    if not os.access(parent, os.W_OK):
-        raise OutputFileError(p, f"output folder {str(parent)!r} is not writable")
-    if cls is ParquetWriter:
-        import_pyarrow()
-    probe = p.with_name(p.name + ".partial")
-    try:  # the file system's own limits (name length...), checked now
-        if not probe.exists():
-            probe.touch(exist_ok=False)
-            probe.unlink()
-    except OSError as exc:
-        raise OutputFileError(p, f"cannot create {probe.name}: {exc.strerror}") from None
-    return cls

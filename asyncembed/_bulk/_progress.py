@@ -3,7 +3,12 @@
 No dependency: the bar is redrawn in place with ``\\r`` and the ANSI "erase line"
 sequence. What it shows comes from two sources handed to :meth:`Progress.update`: the
 rows written so far (the job's count) and the Embedder's :class:`~asyncembed.Stats`
-snapshot (tokens, cost, retries). Time is a parameter (``clock=``), so tests drive it.
+snapshot (tokens, cost, retries). Time is a parameter (``clock=``, the same
+:class:`~asyncembed.Clock` the Embedder takes), so tests drive it.
+
+The bar keeps its place on the line: the numbers before it are right-aligned in
+fixed widths and the bar's length is fixed for a terminal width, so only the bar's
+filling and the digits change as the job advances.
 
 Usage::
 
@@ -16,11 +21,11 @@ Usage::
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import NoReturn, TextIO
 
-from ._stats import Stats
+from .._clock import Clock, SystemClock
+from .._stats import Stats
 
 __all__ = ["Progress", "format_duration"]
 
@@ -38,11 +43,16 @@ def format_duration(seconds: float) -> str:
 
 
 def _si(n: float) -> str:
-    """``1234`` → ``"1.2k"``; ``3_400_000`` → ``"3.4M"`` (tokens on a narrow bar)."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return f"{n:.0f}"
+    """At most 4 characters: ``999``, ``1.2k``, ``12k``, ``3.4M`` (figures on a narrow bar)."""
+    if n < 999.5:
+        return f"{n:.0f}"
+    for unit, scale in (("k", 1e3), ("M", 1e6), ("G", 1e9)):
+        value = n / scale
+        if value < 9.95:
+            return f"{value:.1f}{unit}"
+        if value < 999.5 or unit == "G":
+            return f"{value:.0f}{unit}"
+    raise AssertionError("unreachable")
 
 
 class Progress:
@@ -57,7 +67,8 @@ class Progress:
         interval: Seconds between plain lines when not a TTY.
         refresh: Seconds between redraws of the bar on a TTY.
         width: Columns of the bar's line; ``None`` asks the terminal.
-        clock: Monotonic time source, in seconds.
+        clock: The :class:`~asyncembed.Clock` for the rate, the ETA and the redraw
+            cadence (``None``: the real clock).
 
     Raises:
         ValueError: ``total`` or ``done`` is negative, or ``done > total``.
@@ -73,7 +84,7 @@ class Progress:
         interval: float = 5.0,
         refresh: float = 0.1,
         width: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         if total < 0 or not 0 <= done <= total:
             raise ValueError(f"need 0 <= done <= total, got done={done}, total={total}")
@@ -83,9 +94,10 @@ class Progress:
         self.interval = interval
         self.refresh = refresh
         self._width = width
-        self._clock = clock
-        self._start = clock()
+        self._clock = clock = clock or SystemClock()
+        self._start = clock.now()
         self._initial = done
+        self._cells: tuple[int, int] | None = None  # (terminal width, bar cells)
         self._last_draw: float | None = None
         self._closed = False
 
@@ -94,7 +106,7 @@ class Progress:
 
     def elapsed(self) -> float:
         """Seconds since this display was created."""
-        return self._clock() - self._start
+        return self._clock.now() - self._start
 
     def rate(self, done: int) -> float:
         """Rows per second done by this run so far (0.0 at the very start)."""
@@ -113,7 +125,7 @@ class Progress:
         """
         if self._closed:
             return False
-        now = self._clock()
+        now = self._clock.now()
         wait = self.refresh if self.tty else self.interval
         since = now - (self._start if self._last_draw is None else self._last_draw)
         if since < wait:
@@ -121,6 +133,21 @@ class Progress:
         self._last_draw = now
         self._write(self.render_bar(done, stats) if self.tty else self.render_line(done, stats))
         return True
+
+    async def follow(self, done: Callable[[], int], stats: Callable[[], Stats]) -> NoReturn:
+        """Update from ``done()`` and ``stats()`` at the display's cadence, until cancelled.
+
+        Sleeps on the clock between updates: :attr:`refresh` on a TTY, at most half a
+        second otherwise (:meth:`update` still writes a plain line only every
+        :attr:`interval`).
+
+        Args:
+            done: Returns the rows done so far (e.g. ``lambda: job.done``).
+            stats: Returns the Embedder's current statistics.
+        """
+        while True:
+            await self._clock.sleep(self.refresh if self.tty else min(self.interval, 0.5))
+            self.update(done(), stats())
 
     def close(self, done: int, stats: Stats) -> None:
         """Write the last state and end the line; idempotent.
@@ -153,19 +180,43 @@ class Progress:
 
     def render_bar(self, done: int, stats: Stats) -> str:
         """The live bar: ``\\r`` + erase line + bar and figures, cut to the width (no newline)."""
-        figures = (
-            f" {self._percent(done):5.1f}% {done:,}/{self.total:,}"
-            f" {_si(self.rate(done))}/s {_si(stats.prompt_tokens)} tok"
-            f" ${stats.cost:.4f} retries {stats.retries} ETA {self._eta(done)}"
+        figures = self._figures(
+            done, self.rate(done), stats.prompt_tokens, stats.cost, stats.retries, self._eta(done)
         )
         width = self._width or shutil.get_terminal_size((80, 24)).columns
-        # Leave the last column empty: writing into it makes some terminals wrap.
-        cells = min(30, width - 1 - len(figures) - 2)
+        cells = self._bar_cells(width, len(figures))
         bar = ""
         if cells >= 10:  # a narrow terminal gets the figures without the bar
             filled = cells * done // self.total if self.total else cells
             bar = "[" + "#" * filled + "-" * (cells - filled) + "]"
         return _ERASE + (bar + figures)[: max(1, width - 1)]
+
+    def _figures(
+        self, done: int, rate: float, tokens: int, cost: float, retries: int, eta: str
+    ) -> str:
+        # Fixed widths, right-aligned: the digits change in place instead of shifting
+        # what follows them.
+        width = len(f"{self.total:,}")
+        return (
+            f" {self._percent(done):5.1f}% {done:>{width},}/{self.total:,}"
+            f" {_si(rate):>4}/s {_si(tokens):>4} tok {'$' + format(cost, '.4f'):>7}"
+            f" retries {retries:>2} ETA {eta}"
+        )
+
+    def _bar_cells(self, width: int, figures: int) -> int:
+        """The bar's length: fixed for a terminal ``width``, so the bar does not jitter.
+
+        It leaves room for the widest figures a job usually shows (not the current
+        ones, which grow as the job runs), and shrinks only if the figures outgrow that.
+        """
+        if self._cells is None or self._cells[0] != width:
+            widest = self._figures(self.total, 999.0, 999_000, 9.9999, 99, "59m59s")
+            figures = max(figures, len(widest))
+        elif width - 1 - figures - 2 >= self._cells[1]:
+            return self._cells[1]
+        # Leave the last column empty: writing into it makes some terminals wrap.
+        self._cells = (width, min(30, width - 1 - figures - 2))
+        return self._cells[1]
 
     def _percent(self, done: int) -> float:
         return 100.0 * done / self.total if self.total else 100.0

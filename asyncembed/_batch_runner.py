@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from ._cache import Cache
 from ._config import Batching
 from ._exceptions import (
     APIStatusError,
@@ -30,7 +31,6 @@ from ._inputs import TokenEstimator, chunk
 from ._scheduler import LIVE
 from ._sender import Deadline, Sender
 from ._stats import Counters
-from ._store import Cache
 from ._types import Input, Matrix
 
 __all__ = ["BatchRunner", "Outcome", "first_error"]

@@ -1,16 +1,18 @@
 """A bulk job: a corpus file through :meth:`Embedder.stream` into an output file, resumably.
 
-:class:`BulkJob` follows the resume protocol of :mod:`asyncembed._store`: the output
-is written under a temporary name (see :mod:`asyncembed._writers`), made durable and
+:class:`BulkJob` follows the resume protocol of :mod:`asyncembed._bulk._state`: the output
+is written under a temporary name (see :mod:`asyncembed._bulk._writers`), made durable and
 recorded in the SQLite job state as each block lands (or every ``checkpoint_every``
 seconds; flush first, then record), and renamed into place only when complete. A kill
 thus re-pays at most the blocks in flight.
 
 The output rule:
 
-- Without a state file, a run starts from scratch; an existing output is replaced
-  atomically when the run completes, and left untouched when it fails or is
-  interrupted (the temporary output is deleted).
+- An existing output is refused before any work, unless ``overwrite`` is set or the
+  state file (which exists, and records this job) is being resumed.
+- Without a state file, a run starts from scratch; an existing output (``overwrite``)
+  is replaced atomically when the run completes, and left untouched when it fails or
+  is interrupted (the temporary output is deleted).
 - With a state file, an interrupted or failed run records a checkpoint on the way
   out and keeps its temporary output; the next run with the same state file and the
   same options skips what was recorded, and the finished file is byte-identical to an
@@ -30,24 +32,25 @@ import dataclasses
 import logging
 import os
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import TypeAlias
 
 import anyio
 
-from ._config import Batching
-from ._embedder import Embedder
-from ._exceptions import InvalidInputError
-from ._inputs import TokenEstimator
-from ._io import InputFileError, JobIOError, OutputFileError, RecordId
-from ._readers import Reader, open_reader
-from ._stats import Stats
-from ._store import JobIdentity, JobState
-from ._types import Matrix
-from ._writers import Writer, check_output, open_writer
+from .._clock import Clock, SystemClock
+from .._config import Batching
+from .._embedder import Embedder
+from .._exceptions import InputFileError, InvalidInputError, JobIOError, OutputFileError
+from .._inputs import TokenEstimator
+from .._stats import Stats
+from .._types import Matrix
+from ._files import RecordId
+from ._formats import check_job_paths, check_output, open_reader, open_writer
+from ._readers import Reader
+from ._state import JobIdentity, JobState
+from ._writers import Writer
 
 __all__ = ["BulkJob", "BulkResult"]
 
@@ -108,8 +111,12 @@ class BulkJob:
         endpoint: Where the vectors come from (an API root, or ``"local"``): part of
             the identity, so a resume against another endpoint is refused.
         batching: The Embedder's batching rules: when validating, over-long texts are
-            reported before any text is paid for (``None``: the defaults).
-        clock: Monotonic time source, in seconds.
+            reported before any text is paid for (``None``: the defaults). Whether it
+            truncates is part of the job's identity.
+        overwrite: Replace an existing output. Without it an existing output is refused,
+            unless it is this job's, resumed from its state file.
+        clock: The :class:`~asyncembed.Clock` for the checkpoint cadence and the elapsed
+            time (``None``: the real clock); pass the Embedder's to drive both.
     """
 
     def __init__(
@@ -126,7 +133,8 @@ class BulkJob:
         checkpoint_every: float = 0.0,
         endpoint: str | None = None,
         batching: Batching | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        overwrite: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every!r}")
@@ -140,8 +148,11 @@ class BulkJob:
         self.validate = validate
         self.checkpoint_every = checkpoint_every
         self.endpoint = endpoint
-        self._check_text = TokenEstimator(batching or Batching()).check_text
-        self._clock = clock
+        batching = batching or Batching()
+        self.truncate_at = batching.max_input_tokens if batching.truncate else None
+        self.overwrite = overwrite
+        self._check_text = TokenEstimator(batching).check_text
+        self._clock = clock or SystemClock()
         self._reader: Reader | None = None
         self._state: JobState | None = None
         self._writer: Writer | None = None
@@ -196,8 +207,10 @@ class BulkJob:
         Raises:
             InputFileError: The input is missing, malformed, has a bad line (when
                 validating) or no text at all.
-            OutputFileError: The output's folder is missing, its format unknown, or its
-                unfinished output does not match the recorded checkpoint.
+            OutputFileError: The output's folder is missing, its format unknown, it
+                exists (without ``overwrite`` or a state file to resume), it keeps no
+                ids but an id field is named, or its unfinished output does not match
+                the recorded checkpoint.
             StoreError: The state file is unusable; ``JobMismatchError`` if it records
                 another job.
             MissingExtraError: Parquet without pyarrow.
@@ -231,10 +244,15 @@ class BulkJob:
     def _check(self) -> Iterator[int]:
         """Check paths and input; count the records (yielding now and then)."""
         reader = self._reader = open_reader(self.input, field=self.field, id_field=self.id_field)
-        self._check_paths()
         # The output is checked before the state file is touched, so a usage error
         # leaves no state behind to trip up the corrected command.
-        check_output(self.output)
+        check_job_paths(
+            self.output,
+            input=self.input,
+            state=self.state_path,
+            id_field=self.id_field,
+            overwrite=self.overwrite,
+        )
         if self.validate:
             yield from self._validate(reader)
         else:
@@ -257,6 +275,7 @@ class BulkJob:
                 field=self.field,
                 id_field=self.id_field,
                 endpoint=self.endpoint,
+                truncate_at=self.truncate_at,
             )
             checkpoint = state.begin(identity)
             self._done = self._saved = self._resumed_from = checkpoint.rows
@@ -278,43 +297,24 @@ class BulkJob:
         if writer.finished:  # an earlier run crashed between finish() and mark_finished()
             self._finished()
 
-    def _check_paths(self) -> None:
-        """Refuse a command whose files overlap: it would destroy the input or the output."""
-        output = self.output.resolve()
-        files = {
-            "input": self.input.resolve(),
-            "output": output,
-            "unfinished output": output.with_name(output.name + ".partial"),
-            "output parts": output.with_name(output.name + ".parts"),
-        }
-        if self.state_path is not None:
-            state = self.state_path.resolve()
-            for suffix in ("", "-wal", "-shm"):
-                files[f"state{suffix}"] = state.with_name(state.name + suffix)
-        seen: dict[Path, str] = {}
-        for role, path in files.items():
-            if path in seen:
-                raise OutputFileError(
-                    self.output, f"the {role} and the {seen[path]} are the same file: {path}"
-                )
-            seen[path] = role
-
     def _validate(self, reader: Reader) -> Iterator[int]:
         """Read every record once: bad lines, over-long texts and (for Parquet) ids.
 
         Sets the total; yields the count every few thousand records.
         """
         check = self._check_text
-        parquet = self.output.suffix.lower() == ".parquet" and self.id_field is not None
-        id_kind: type | None = None
+        check_id = None if self.id_field is None else check_output(self.output).id_checker()
         total = 0
         for total, (record_id, text) in enumerate(reader.records(), start=1):
             try:
                 check(text)
             except InvalidInputError as exc:
                 raise InputFileError(self.input, f"record {total}: {exc}") from None
-            if parquet:
-                id_kind = _check_parquet_id(self.input, total, record_id, id_kind)
+            if check_id is not None:
+                try:
+                    check_id(record_id)
+                except ValueError as exc:
+                    raise InputFileError(self.input, f"record {total}: {exc}") from None
             if not total % 1024:
                 yield total
         self._total = total
@@ -340,7 +340,7 @@ class BulkJob:
         if embedder.model != self.model:
             raise ValueError(f"the job is for model {self.model!r}, not {embedder.model!r}")
         self.open()
-        started = self._clock()
+        started = self._clock.now()
         first = self._done
         if not self._complete:
             try:
@@ -354,7 +354,7 @@ class BulkJob:
             embedded=self._done - first,
             resumed_from=self._resumed_from,
             already_finished=self._writer is None,
-            elapsed=self._clock() - started,
+            elapsed=self._clock.now() - started,
             stats=embedder.stats,
         )
 
@@ -374,7 +374,7 @@ class BulkJob:
     async def _embed_and_write(self, embedder: Embedder, window: int | None) -> None:
         assert self._reader is not None and self._writer is not None
         writer = self._writer
-        last = self._clock()
+        last = self._clock.now()
         records = self._reader.records(start=self._done)
         # stream() is an async generator: aclosing() cancels its batches if we stop early.
         stream = embedder.stream(records, window=window)
@@ -382,10 +382,10 @@ class BulkJob:
             async for ids, block in blocks:
                 writer.write(self._done, block, ids)
                 self._done += len(ids)
-                if self._state is not None and self._clock() - last >= self.checkpoint_every:
+                if self._state is not None and self._clock.now() - last >= self.checkpoint_every:
                     # fsync and SQLite block: keep the event loop (and the requests) going.
                     await anyio.to_thread.run_sync(self._checkpoint)
-                    last = self._clock()
+                    last = self._clock.now()
         if self._done != self._total:
             raise InputFileError(self.input, f"has {self._done} texts now, {self._total} before")
         if self._state is not None:
@@ -440,19 +440,3 @@ def _record_number(exc: InvalidInputError, first: int) -> str:
     if exc.index is None:
         return str(exc)
     return f"record {first + exc.index + 1}: {exc}"
-
-
-_INT64 = range(-(2**63), 2**63)
-
-
-def _check_parquet_id(path: Path, record: int, value: object, kind: type | None) -> type:
-    """A Parquet id column holds one type: int64 or str. Checked before paying."""
-    this = type(value)
-    if this not in (int, str) or (this is int and value not in _INT64):
-        raise InputFileError(path, f"record {record}: id {value!r} cannot be a Parquet int64/str")
-    if kind is not None and this is not kind:
-        raise InputFileError(
-            path,
-            f"record {record}: ids mix {kind.__name__} and {this.__name__} (Parquet needs one)",
-        )
-    return this

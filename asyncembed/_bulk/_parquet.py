@@ -18,19 +18,107 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ._io import Checkpoint, OutputFileError, RecordId, fsync_dir, import_pyarrow
+from .._exceptions import InputFileError, OutputFileError
+from ._files import Checkpoint, RecordId, fsync_dir, import_pyarrow
+from ._readers import FieldReader, Record
 from ._writers import Writer
 
-__all__ = ["ParquetWriter"]
+__all__ = ["ParquetReader", "ParquetWriter"]
 
+_INT64 = range(-(2**63), 2**63)
 _PART = re.compile(r"part-(\d{15})-(\d{15})\.parquet")
+
+
+class ParquetReader(FieldReader):
+    """A Parquet file read in record batches; the text is in string column ``field``.
+
+    Needs pyarrow (the ``parquet`` extra). Ids come from ``id_field`` (an integer or string
+    column) or are 0-based row numbers. Errors name the 1-based record number.
+
+    Args:
+        path: The input file.
+        field: The name of the string column holding the text.
+        id_field: The column holding each record's id, or ``None`` for row numbers.
+        batch_size: Rows decoded at a time (bounds memory).
+
+    Raises:
+        MissingExtraError: pyarrow is not installed.
+        InputFileError: Not a Parquet file, or a named column is missing or of a wrong type.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        field: str = "text",
+        id_field: str | None = None,
+        batch_size: int = 4096,
+    ) -> None:
+        pa, pq = import_pyarrow()
+        super().__init__(path, field=field, id_field=id_field)
+        self._batch_size = batch_size
+        try:
+            self._file = pq.ParquetFile(self.path)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputFileError(self.path, f"not a readable Parquet file: {exc}") from None
+        schema = self._file.schema_arrow
+        self._check_column(schema, field, (pa.types.is_string, pa.types.is_large_string))
+        if id_field is not None:
+            kinds = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string)
+            self._check_column(schema, id_field, kinds)
+
+    def _check_column(self, schema: Any, name: str, kinds: tuple[Any, ...]) -> None:
+        if name not in schema.names:
+            listed = ", ".join(repr(c) for c in schema.names)
+            raise InputFileError(self.path, f"no column {name!r} (columns: {listed})")
+        kind = schema.field(name).type
+        if not any(ok(kind) for ok in kinds):
+            raise InputFileError(self.path, f"column {name!r} has unsupported type {kind}")
+
+    def count(self) -> int:
+        return int(self._file.metadata.num_rows)
+
+    def records(self, start: int = 0) -> Iterator[Record]:
+        meta = self._file.metadata
+        first, skip = 0, start  # whole row groups before `start` are never decoded
+        while first < meta.num_row_groups and skip >= meta.row_group(first).num_rows:
+            skip -= meta.row_group(first).num_rows
+            first += 1
+        if first == meta.num_row_groups:
+            return
+        columns = [self.field] if self.id_field is None else [self.field, self.id_field]
+        batches = self._file.iter_batches(
+            batch_size=self._batch_size,
+            row_groups=range(first, meta.num_row_groups),
+            columns=columns,
+        )
+        index = start - skip
+        for batch in batches:
+            texts = batch.column(self.field).to_pylist()
+            ids = texts if self.id_field is None else batch.column(self.id_field).to_pylist()
+            for k, (text, record_id) in enumerate(zip(texts, ids, strict=True)):
+                if skip:
+                    skip -= 1
+                    continue
+                row = index + k
+                if text is None:
+                    raise InputFileError(self.path, "null text", line=row + 1, unit="record")
+                self._check_text(text, row + 1, unit="record")
+                if self.id_field is None:
+                    yield row, text
+                elif record_id is None:
+                    msg = f"null id in {self.id_field!r}"
+                    raise InputFileError(self.path, msg, line=row + 1, unit="record")
+                else:
+                    yield record_id, text
+            index += len(texts)
 
 
 class ParquetWriter(Writer):
@@ -51,11 +139,36 @@ class ParquetWriter(Writer):
     part_bytes = 32 << 20
     row_group_bytes = 64 << 20
 
+    @classmethod
+    def temporary_paths(cls, path: Path) -> dict[str, Path]:
+        """The assembled ``.partial`` file and the ``.parts`` folder of committed parts."""
+        return {
+            **super().temporary_paths(path),
+            "output parts": path.with_name(path.name + ".parts"),
+        }
+
+    @classmethod
+    def id_checker(cls) -> Callable[[RecordId], None]:
+        """Ids must all be int64 or all be str: one Parquet column type."""
+        kinds: list[type] = []
+
+        def check(value: RecordId) -> None:
+            this = type(value)
+            if this not in (int, str) or (this is int and value not in _INT64):
+                raise ValueError(f"id {value!r} cannot be a Parquet int64/str")
+            if kinds and this is not kinds[0]:
+                raise ValueError(
+                    f"ids mix {kinds[0].__name__} and {this.__name__} (Parquet needs one)"
+                )
+            kinds[:] = [this]
+
+        return check
+
     def __init__(
         self, path: Path, *, rows: int, dim: int | None, resume: Checkpoint | None
     ) -> None:
         self._pa, self._pq = import_pyarrow()
-        self.parts = path.with_name(path.name + ".parts")
+        self.parts = self.temporary_paths(path)["output parts"]
         self._buffer: list[tuple[npt.NDArray[np.float32], list[RecordId]]] = []
         self._buffered = 0
         self._committed: list[Path] = []
