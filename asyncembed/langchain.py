@@ -69,7 +69,7 @@ class AsyncembedEmbeddings(Embeddings):
         return self._embedders.dimensions
 
     def __repr__(self) -> str:
-        return f"AsyncembedEmbeddings(model={self.model!r}, base_url={self.base_url!r})"
+        return f"<AsyncembedEmbeddings model={self.model!r} base_url={self.base_url!r}>"
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents, in batches sent concurrently (blocking).
