@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 
 from ._embedder import Embedder
 from ._exceptions import EmbedderClosedError
-from ._sync import EmbedderOptions, SyncEmbedder
+from ._options import EmbedderOptions
+from ._sync import SyncEmbedder
 from ._transport import resolve_api_key, resolve_base_url
 from ._types import Matrix, Vector
 

@@ -15,28 +15,22 @@ import atexit
 import concurrent.futures
 import enum
 import itertools
-import os
 import threading
 import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
-from contextlib import aclosing
 from types import TracebackType
-from typing import Any, TypedDict, TypeVar, Unpack, overload
+from typing import Any, TypeVar, Unpack, overload
 
-import anyio
-
-from ._cache import Cache
-from ._clock import Clock
-from ._config import Batching, Limits, Retry, Timeouts
+from ._config import Batching
 from ._embedder import Embedder
 from ._exceptions import EmbedderClosedError
-from ._models import ProviderPreferences
+from ._loop_thread import END, Host, Pump, close_unstarted, run_loop
+from ._options import EmbedderOptions
 from ._stats import Stats
-from ._transport import Transport
-from ._types import EncodingFormat, Matrix, Vector
+from ._types import Matrix, Vector
 
-__all__ = ["EmbedderOptions", "SyncEmbedder"]
+__all__ = ["SyncEmbedder"]
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -44,148 +38,13 @@ K = TypeVar("K")
 # How long interpreter exit waits for an open SyncEmbedder to cancel its work and
 # close its HTTP session; its thread is a daemon, so a stuck loop cannot hang exit.
 _EXIT_GRACE = 5.0
-_END: Any = object()  # the stream's end, passed through the rendezvous channel
 _names = itertools.count(1)
-
-
-class EmbedderOptions(TypedDict, total=False):
-    """The keyword options of :class:`Embedder`, for the wrappers that build Embedders.
-
-    ``session`` is left out on purpose: an ``aiohttp.ClientSession`` belongs to one
-    event loop, and the wrappers run their Embedders on loops of their own.
-    ``tests/test_sync.py`` checks that these keys are exactly Embedder's other
-    keywords, so this list cannot drift from the real signature.
-    """
-
-    api_key: str | None
-    base_url: str | None
-    batching: Batching | None
-    limits: Limits | None
-    retry: Retry | None
-    timeouts: Timeouts | None
-    provider: ProviderPreferences | None
-    dimensions: int | None
-    encoding_format: EncodingFormat
-    input_type: str | None
-    user: str | None
-    app_url: str | None
-    app_title: str | None
-    transport: Transport | None
-    allow_insecure: bool
-    cache: Cache | str | os.PathLike[str] | None
-    clock: Clock | None
 
 
 class _State(enum.Enum):
     UNSTARTED = 1
     RUNNING = 2
     CLOSED = 3
-
-
-class _Host:
-    """What runs on the background loop: it closes the Embedder when asked and counts
-    the calls in progress.
-
-    The loop is stopped only once the Embedder is closed and every call wrapper has
-    returned, so no caller's result is lost to the loop's final cancellation.
-    """
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.embedder = embedder
-        # asyncio's events bind to a loop on first use: safe to create in any thread.
-        self.stop_requested = asyncio.Event()
-        self.idle = asyncio.Event()
-        self.cancel_pending = False
-        self.abort = False
-        self.calls: dict[asyncio.Task[Any], bool] = {}  # task -> is a stream's pump
-
-    async def serve(self) -> None:
-        try:
-            await self.stop_requested.wait()
-            if self.abort:
-                # Interpreter exit: nobody waits for these any more.
-                for task in self.calls:
-                    task.cancel()
-            await self.embedder.aclose(cancel_pending=self.cancel_pending or self.abort)
-            # A stream may wait for a consumer that is gone; the other calls return
-            # promptly now that the Embedder is closed.
-            for task, is_stream in self.calls.items():
-                if is_stream:
-                    task.cancel()
-            while self.calls:
-                self.idle.clear()
-                await self.idle.wait()
-        finally:
-            asyncio.get_running_loop().stop()
-
-    def request_stop(self, cancel_pending: bool, abort: bool) -> None:
-        """Close the Embedder (``abort``: cancelling every call in progress first)."""
-        self.cancel_pending = self.cancel_pending or cancel_pending
-        self.abort = self.abort or abort
-        self.stop_requested.set()
-
-    async def run(self, make: Callable[[], Coroutine[Any, Any, T]], *, stream: bool) -> T:
-        task = asyncio.current_task()
-        assert task is not None
-        self.calls[task] = stream
-        try:
-            return await make()
-        finally:
-            del self.calls[task]
-            if not self.calls:
-                self.idle.set()
-
-
-class _Pump:
-    """One task that drives an Embedder's stream from start to end, whatever thread
-    consumes it, handing blocks over a rendezvous channel (so nothing is read ahead
-    beyond the stream's own window)."""
-
-    def __init__(self) -> None:
-        self.send, self.receive = anyio.create_memory_object_stream[Any]()
-        self.task: asyncio.Task[Any] | None = None
-        self.stopped = False
-
-    async def run(self, embedder: Embedder, items: Iterable[Any], window: int | None) -> None:
-        self.task = asyncio.current_task()
-        async with self.send:
-            if self.stopped:
-                return
-            async with aclosing(embedder.stream(items, window=window)) as blocks:
-                async for block in blocks:
-                    await self.send.send(block)
-
-    async def next(self) -> Any:
-        try:
-            return await self.receive.receive()
-        except anyio.EndOfStream:
-            return _END
-
-    async def stop(self) -> None:
-        """Cancel the stream (and so its batches in flight) and wait until it is done."""
-        self.stopped = True
-        task = self.task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """The background thread: run the loop until the host stops it, then tidy up."""
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        # Running the loop once more also delivers results whose callbacks the
-        # loop's stop left in the ready queue.
-        leftovers = asyncio.all_tasks(loop)
-        for task in leftovers:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 class SyncEmbedder:
@@ -226,7 +85,7 @@ class SyncEmbedder:
         self._embedder = Embedder(model, **options)
         self._lock = threading.Lock()
         self._state = _State.UNSTARTED
-        self._host: _Host | None = None
+        self._host: Host | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -345,7 +204,7 @@ class SyncEmbedder:
             EmbedderClosedError: the SyncEmbedder is closed (on the first ``next()``).
             The errors of :meth:`Embedder.stream`, with their types, while iterating.
         """
-        pump = _Pump()
+        pump = Pump()
         with pump.receive:
             try:
                 done = self._submit(lambda: pump.run(self._embedder, items, window), stream=True)
@@ -353,7 +212,7 @@ class SyncEmbedder:
                 pump.send.close()
                 raise
             try:
-                while (block := self._call(pump.next)) is not _END:
+                while (block := self._call(pump.next)) is not END:
                     yield block
                 self._wait(done)  # the stream's own error, if it ended with one
             finally:
@@ -378,7 +237,7 @@ class SyncEmbedder:
         """
         self._check_thread()
         if self._stop(cancel_pending=False, abort=False) is _State.UNSTARTED:
-            _close_unstarted(self._embedder)
+            close_unstarted(self._embedder)
         if self._thread is not None:
             self._thread.join()
 
@@ -397,13 +256,13 @@ class SyncEmbedder:
                 pass
         return state
 
-    def _start(self) -> tuple[_Host, asyncio.AbstractEventLoop]:
+    def _start(self) -> tuple[Host, asyncio.AbstractEventLoop]:
         # Called with the lock held, so two first calls start one thread. The Embedder
         # starts on its first call, on this loop; the host task is scheduled first.
-        host = _Host(self._embedder)
+        host = Host(self._embedder)
         loop = asyncio.new_event_loop()
         thread = threading.Thread(
-            target=_run_loop, args=(loop,), name=f"asyncembed-sync-{next(_names)}", daemon=True
+            target=run_loop, args=(loop,), name=f"asyncembed-sync-{next(_names)}", daemon=True
         )
         self._host, self._loop, self._thread = host, loop, thread
         asyncio.run_coroutine_threadsafe(host.serve(), loop)
@@ -450,22 +309,6 @@ class SyncEmbedder:
             # coroutine on the loop is cancelled; a finished future ignores this.
             future.cancel()
             raise
-
-
-def _close_unstarted(embedder: Embedder) -> None:
-    """Release what a never-used Embedder holds (a cache opened from a path).
-
-    Its ``aclose()`` sends nothing, but is a coroutine: run it on a loop of its own, in
-    a helper thread if this thread already runs one.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(embedder.aclose())
-        return
-    helper = threading.Thread(target=asyncio.run, args=(embedder.aclose(),))
-    helper.start()
-    helper.join()
 
 
 _LIVE: weakref.WeakSet[SyncEmbedder] = weakref.WeakSet()

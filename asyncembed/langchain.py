@@ -20,8 +20,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "asyncembed.langchain needs LangChain: pip install 'asyncembed[langchain]'"
     ) from exc
 
+from ._options import EmbedderOptions
 from ._per_loop import PerLoop
-from ._sync import EmbedderOptions
 
 __all__ = ["AsyncembedEmbeddings"]
 

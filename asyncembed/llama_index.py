@@ -22,8 +22,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "asyncembed.llama_index needs LlamaIndex: pip install 'asyncembed[llama-index]'"
     ) from exc
 
+from ._options import EmbedderOptions
 from ._per_loop import PerLoop
-from ._sync import EmbedderOptions
 
 __all__ = ["AsyncembedEmbedding"]
 

@@ -37,7 +37,7 @@ from asyncembed import (
     SyncEmbedder,
     Timeouts,
 )
-from asyncembed._sync import EmbedderOptions
+from asyncembed._options import EmbedderOptions
 from asyncembed.testing import expected_vector, no_backoff, wait_until
 
 DIMS = 8
