@@ -80,7 +80,7 @@ class Batcher:
         batching: Size, token and time limits of a batch.
         estimator: Token estimate per text.
         clock: Time for the batch window.
-        spawn: Starts a background task (the Embedder's task group).
+        spawn: Starts a background task that closing the Embedder waits for.
         deliver: Sends one batch and returns its :class:`Outcome`.
         counters: Where deduplicated calls are counted.
     """

@@ -8,9 +8,11 @@ with a lock. The bulk job's state (``_bulk/_state.py``) opens its file with :fun
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,33 +24,51 @@ from ._exceptions import AsyncEmbedError, StoreError
 __all__ = ["Cache", "connect"]
 
 _SCHEMA_VERSION = 1
+_SETUP_ATTEMPTS = 50  # ~6 s of backoff in all, for files created at the same moment
 _MAX_PARAMS = 500  # SQLite host parameters per statement (old builds allow only 999)
 
 
 def connect(
     path: str | os.PathLike[str], error: type[AsyncEmbedError], schema: str
 ) -> sqlite3.Connection:
-    """Open (creating) a WAL-mode SQLite database with ``schema``, checking its version."""
+    """Open (creating) a WAL-mode SQLite database with ``schema``, checking its version.
+
+    Several processes may create the same file at once (web workers sharing a cache):
+    SQLite then refuses the losers' schema setup with "database is locked" without
+    waiting (its busy timeout does not cover every lock upgrade), so that is retried.
+    """
     p = Path(path)
     if not p.parent.is_dir():
         raise error(f"{p}: folder {str(p.parent)!r} does not exist")
-    try:
-        conn = sqlite3.connect(p, check_same_thread=False, timeout=30.0)
+    for attempt in itertools.count():
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
-                raise error(f"{p}: unknown schema version {version}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL may lose the last commit on power loss, never corrupt: the state is
-            # then behind the output, which resume handles; it is never ahead of it.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            with conn:
-                conn.executescript(schema + f"PRAGMA user_version = {_SCHEMA_VERSION};")
-        except BaseException:
-            conn.close()
-            raise
-    except sqlite3.DatabaseError as exc:
-        raise error(f"{p}: not an asyncembed database ({exc})") from None
+            return _setup(p, error, schema)
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or attempt >= _SETUP_ATTEMPTS:
+                raise error(f"{p}: cannot be opened ({exc})") from None
+            time.sleep(0.005 * (attempt + 1))
+        except sqlite3.DatabaseError as exc:
+            raise error(f"{p}: not an asyncembed database ({exc})") from None
+    raise AssertionError("unreachable")
+
+
+def _setup(p: Path, error: type[AsyncEmbedError], schema: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(p, check_same_thread=False, timeout=30.0)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, _SCHEMA_VERSION):
+            raise error(f"{p}: unknown schema version {version}")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent: the creator sets it
+        # NORMAL may lose the last commit on power loss, never corrupt: the state is
+        # then behind the output, which resume handles; it is never ahead of it.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        with conn:
+            conn.executescript(schema + f"PRAGMA user_version = {_SCHEMA_VERSION};")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -61,7 +61,7 @@ from ._exceptions import (
     ProtocolError,
     StoreError,
 )
-from ._transport import is_openrouter, resolve_base_url
+from ._transport import is_openrouter, resolve_base_url, shown_url
 
 __all__ = ["CLI_TERMS", "LOCAL_DIMENSIONS", "LOCAL_MODELS", "cli_terms", "main"]
 
@@ -294,7 +294,7 @@ async def _embed(args: argparse.Namespace, run: _Run) -> None:
         id_field=args.id_field,
         state=args.resume,
         checkpoint_every=args.checkpoint_every,
-        endpoint="local" if args.local else resolve_base_url(args.base_url),
+        endpoint="local" if args.local else shown_url(resolve_base_url(args.base_url)),
         batching=batching,
         overwrite=args.overwrite,
     )

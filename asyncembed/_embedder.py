@@ -411,23 +411,22 @@ class Embedder(anyio.AsyncContextManagerMixin):
 
     async def _close(self, *, cancel_pending: bool = False, abort: bool = False) -> None:
         """aclose(), or with ``abort`` (leaving ``async with`` on an error) also cancel
-        the requests in flight instead of waiting for them."""
+        the requests and calls in flight instead of waiting for them."""
         life = self._life
         opened = life.state is State.OPENED
-        if not await life.begin_close():
-            return
-        try:
+
+        async def shut_down() -> None:
             if opened:
                 if cancel_pending or abort:
                     self._batcher.fail_queued(EmbedderClosedError("the Embedder was closed"))
                 else:
                     self._batcher.flush()
-                # Aborting, the batch tasks are cancelled: their callers get
-                # EmbedderClosedError (the batcher sees the cancellation).
+                # Aborting, the batch tasks and the calls in progress are cancelled:
+                # their callers get EmbedderClosedError.
                 await life.drain(cancel=abort)
             await self._release()
-        finally:
-            life.end_close()
+
+        await life.close(shut_down)
 
     async def _release(self) -> None:
         """Close what this Embedder created (idempotent)."""

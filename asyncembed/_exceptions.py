@@ -90,7 +90,14 @@ __all__ = [
 
 
 class AsyncEmbedError(Exception):
-    """Base class of every error raised by asyncembed."""
+    """Base class of every error raised by asyncembed.
+
+    Every subclass pickles with its attributes (to cross a process, e.g. from a Ray
+    worker or a process pool), although their constructors take keyword-only arguments.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _restore, (type(self), self.args, self.__dict__)
 
 
 class APIConnectionError(AsyncEmbedError):
@@ -496,3 +503,11 @@ def _number(raw: str | None) -> float | None:
     except ValueError:
         return None
     return value if value == value and value not in (float("inf"), float("-inf")) else None
+
+
+def _restore(cls: type[AsyncEmbedError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """Unpickle an error without calling its (keyword-only) constructor."""
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *args)
+    exc.__dict__.update(state)
+    return exc

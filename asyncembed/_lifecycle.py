@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import anyio
 
 from ._exceptions import EmbedderClosedError
 
@@ -34,7 +37,7 @@ class Lifecycle:
     inside :meth:`active`; :meth:`drain` returns once none is left.
     """
 
-    __slots__ = ("_background", "_closing", "_idle", "_loop", "state", "work")
+    __slots__ = ("_background", "_calls", "_closing", "_idle", "_loop", "state", "work")
 
     def __init__(self) -> None:
         self.state = State.UNOPENED
@@ -43,7 +46,8 @@ class Lifecycle:
         self._background: set[asyncio.Task[None]] = set()
         self.work = 0  # background tasks and public calls in progress
         self._idle: asyncio.Future[None] | None = None
-        self._closing: asyncio.Future[None] | None = None
+        self._calls: set[anyio.CancelScope] = set()  # the public calls in progress
+        self._closing: asyncio.Task[None] | None = None
 
     def open(self) -> None:
         """Start now, bound to the running event loop."""
@@ -71,13 +75,28 @@ class Lifecycle:
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        """Count a public call in progress, so closing waits for it (refused once closed)."""
+        """Run a public call (``embed_many``, a stream block, ``create``) as work.
+
+        Closing waits for it, and an abort cancels it: it then raises
+        :class:`EmbedderClosedError`. Refused once closed.
+
+        Raises:
+            EmbedderClosedError: closed, or aborted while the call was in progress.
+        """
         self.check_open()
         self.work += 1
+        # The scope lives in the caller's own task, for the call only: nothing
+        # task-bound outlives the call.
+        scope = anyio.CancelScope()
+        self._calls.add(scope)
         try:
-            yield
+            with scope:
+                yield
         finally:
+            self._calls.discard(scope)
             self._done()
+        if scope.cancelled_caught:
+            raise EmbedderClosedError("the Embedder was closed while this call was in progress")
 
     def spawn(self, job: Callable[[], Awaitable[None]]) -> None:
         """Run ``job()`` as a background task that closing waits for (or cancels)."""
@@ -87,26 +106,33 @@ class Lifecycle:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def begin_close(self) -> bool:
-        """Mark closed; ``False`` if it already was (after waiting for a close at work).
+    async def close(self, shut_down: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Mark closed and run ``shut_down()`` once; every caller returns when it is done.
+
+        ``shut_down`` runs in a task of its own, shielded: a caller cancelled while it
+        waits (``asyncio.wait_for(aclose(), ...)``) cannot cut the close short and leave
+        the session open, and the next caller waits for the same close.
 
         Raises:
             RuntimeError: called from another event loop than the one of first use.
         """
-        if self._closing is not None:
-            await asyncio.shield(self._closing)  # another close is at work: wait for it
-            return False
-        if self.state is State.CLOSED:
-            return False
-        if self.state is State.OPENED:
-            self.check_open()  # the right event loop
-        self.state = State.CLOSED
-        self._closing = asyncio.get_running_loop().create_future()
-        return True
+        if self._closing is None:
+            if self.state is State.CLOSED:
+                return
+            if self.state is State.OPENED:
+                self.check_open()  # the right event loop
+            self.state = State.CLOSED
+            self._closing = asyncio.get_running_loop().create_task(shut_down())
+        await asyncio.shield(self._closing)
 
     async def drain(self, *, cancel: bool) -> None:
-        """Wait until no work is left; with ``cancel``, cancel the background tasks first."""
+        """Wait until no work is left; with ``cancel``, cancel all of it first.
+
+        Cancelled public calls raise :class:`EmbedderClosedError` in their callers.
+        """
         if cancel:
+            for scope in self._calls:
+                scope.cancel()
             tasks = list(self._background)
             for task in tasks:
                 task.cancel()
@@ -115,11 +141,6 @@ class Lifecycle:
         while self.work:  # the batches in flight, and public calls winding down
             self._idle = loop.create_future()
             await self._idle
-
-    def end_close(self) -> None:
-        """Wake the other callers of close waiting in :meth:`begin_close`."""
-        if self._closing is not None and not self._closing.done():
-            self._closing.set_result(None)
 
     async def _run(self, job: Callable[[], Awaitable[None]]) -> None:
         try:

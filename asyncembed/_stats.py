@@ -35,8 +35,9 @@ class Stats:
             batch (a learned size cap); ``None`` while no cap was seen.
         pending: Distinct texts of ``embed()`` calls waiting for their vector now
             (queued or in flight).
-        active: Background batch tasks and public calls in progress now;
-            ``aclose()`` waits for them, and 0 after it means nothing is left running.
+        active: The work ``aclose()`` waits for: batch timers and sends, and
+            ``embed_many()``/``stream()`` block/``create()`` calls in progress (an
+            ``embed()`` caller waits on a send); 0 after closing: nothing left running.
         paused_for: Seconds left in the pause a 429 imposed on every request (0.0 when
             none).
         chars_per_token: The calibrated characters-per-token ratio that token

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import platform
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,7 @@ from ._version import __version__
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "shown_url",
     "HTTPTransport",
     "RawResponse",
     "Transport",
@@ -152,7 +154,7 @@ class HTTPTransport:
         self._timeout = aiohttp.ClientTimeout(total=timeouts.request, sock_connect=timeouts.connect)
 
     def __repr__(self) -> str:
-        return f"<HTTPTransport url={self._url!r}>"
+        return f"<HTTPTransport url={shown_url(self._url)!r}>"
 
     async def post(self, content: bytes) -> RawResponse:
         """POST one request body and read the whole answer.
@@ -190,7 +192,7 @@ class HTTPTransport:
             error = APIConnectionError(f"response body was cut short: {exc}")
         except aiohttp.ClientConnectorError as exc:
             # Refused, unknown host, TLS failure: name the URL (never its userinfo).
-            error = APIConnectionError(f"cannot connect to {_shown(self._url)}: {_why(exc)}")
+            error = APIConnectionError(f"cannot connect to {shown_url(self._url)}: {_why(exc)}")
             error.unreachable = not self._answered
         except aiohttp.ClientError as exc:
             # str(exc) names the host and the OS error, never request headers.
@@ -236,19 +238,18 @@ def resolve_api_key(api_key: str | None, base_url: str) -> str | None:
     return os.environ.get("OPENROUTER_API_KEY") if is_openrouter(base_url) else None
 
 
-def _shown(url: str) -> str:
-    """``url`` without any ``user:password@`` part, fit for a message."""
+def shown_url(url: str) -> str:
+    """``url`` fit for a message or a repr: no ``user:password@``, query or fragment."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc).geturl()
+    netloc = parts.netloc.rpartition("@")[2]  # keeps an IPv6 host's brackets
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
 def _why(exc: aiohttp.ClientConnectorError) -> str:
-    """The OS's reason a connection failed, in its own words ("Connection refused")."""
+    """The reason a connection failed, in the OS's (or TLS's) words ("Connection refused")."""
     cause = exc.os_error
+    if isinstance(cause, ssl.SSLError):  # its errno is the library's, not the OS's
+        return f"TLS: {getattr(cause, 'verify_message', None) or cause.reason or cause}"
     if cause.errno and cause.errno > 0 and not isinstance(cause, socket.gaierror):
         return os.strerror(cause.errno)
     return cause.strerror or str(cause) or type(exc).__name__

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import aiohttp
+import anyio
 import numpy as np
 import pytest
 from aiohttp import web
@@ -21,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 import asyncembed
 from asyncembed import Cache, Embedder
-from asyncembed.testing import LocalServer, MockTransport, expected_vector
+from asyncembed.testing import LocalServer, MockTransport, expected_vector, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -199,3 +200,53 @@ async def test_a_caller_owned_session_stays_open() -> None:
         await embedder.embed("x")
         await embedder.aclose()
         assert not session.closed
+
+
+async def test_leaving_on_an_error_cancels_bulk_calls_in_other_tasks_too() -> None:
+    async with LocalServer(dimensions=DIMS, latency=30.0) as server:
+        outcomes: dict[str, BaseException | None] = {}
+
+        async def bulk(embedder: Embedder) -> None:
+            try:
+                await embedder.embed_many(["a", "b", "c"])
+                outcomes["embed_many"] = None
+            except BaseException as exc:
+                outcomes["embed_many"] = exc
+
+        async def streaming(embedder: Embedder) -> None:
+            try:
+                async for _ in embedder.stream(["d", "e"]):
+                    pass
+                outcomes["stream"] = None
+            except BaseException as exc:
+                outcomes["stream"] = exc
+
+        with anyio.fail_after(5):  # the 30 s requests are not waited for
+            embedder = Embedder(MODEL, base_url=server.base_url)
+            tasks: list[asyncio.Task[None]] = []
+            with pytest.raises(KeyError):
+                async with embedder:
+                    tasks = [
+                        asyncio.create_task(bulk(embedder)),
+                        asyncio.create_task(streaming(embedder)),
+                    ]
+                    await wait_until(lambda: server.stats.in_flight >= 2)
+                    raise KeyError("the app failed")
+            await asyncio.gather(*tasks)
+        assert isinstance(outcomes["embed_many"], asyncembed.EmbedderClosedError)
+        assert isinstance(outcomes["stream"], asyncembed.EmbedderClosedError)
+        assert embedder.stats.active == 0
+
+
+async def test_a_cancelled_aclose_does_not_cut_the_close_short() -> None:
+    async with LocalServer(dimensions=DIMS, latency=0.3) as server:
+        embedder = Embedder(MODEL, base_url=server.base_url)
+        call = asyncio.create_task(embedder.embed("in flight"))
+        await wait_until(lambda: server.stats.in_flight == 1)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(embedder.aclose(), 0.01)  # the caller gives up waiting
+        await embedder.aclose()  # ...but the close went on: this waits for the same one
+        assert call.done()  # the request in flight was waited for, not dropped
+        np.testing.assert_array_equal(call.result(), expected_vector(MODEL, "in flight", DIMS))
+        assert embedder.stats.active == 0
+    gc.collect()  # an unclosed aiohttp session would warn here (warnings are errors)

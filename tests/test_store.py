@@ -296,3 +296,27 @@ def test_cache_and_state_work_from_worker_threads(tmp_path: Path) -> None:
     assert len(cache) == 4 * 20 * 5 and cache.hits == 400
     cache.close()
     state.close()
+
+
+def test_a_cache_created_by_several_workers_at_once_opens_for_all(tmp_path: Path) -> None:
+    # Web workers sharing one cache file all create it at startup, at the same moment.
+    failures: list[BaseException] = []
+
+    def open_cache(path: Path, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            Cache(path).close()
+        except StoreError as exc:
+            failures.append(exc)
+
+    for i in range(25):
+        barrier = threading.Barrier(6)
+        threads = [
+            threading.Thread(target=open_cache, args=(tmp_path / f"c{i}.db", barrier))
+            for _ in range(6)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []

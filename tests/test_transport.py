@@ -18,7 +18,7 @@ import pytest
 
 import asyncembed
 from asyncembed import Embedder, Retry, Timeouts
-from asyncembed._transport import HTTPTransport, is_loopback, resolve_api_key
+from asyncembed._transport import HTTPTransport, is_loopback, resolve_api_key, shown_url
 from asyncembed.testing import FakeClock, LocalServer, expected_vector, no_backoff
 
 pytestmark = pytest.mark.anyio
@@ -387,3 +387,26 @@ async def test_a_server_that_answered_before_is_retried_past_the_unreachable_tim
     assert not info.value.unreachable
     assert embedder.stats.requests == 1 + retry.attempts  # every attempt was spent
     assert clock.now() - 1000.0 > retry.unreachable_timeout
+
+
+async def test_a_tls_failure_says_so() -> None:
+    clock = FakeClock()
+    async with LocalServer(dimensions=4) as server:  # plain http: the handshake fails
+        url = server.base_url.replace("http://", "https://")
+        async with Embedder("m", base_url=url, clock=clock) as embedder:
+            with pytest.raises(asyncembed.APIConnectionError, match=r"embeddings: TLS: ") as info:
+                await embedder.embed("x")
+    assert info.value.unreachable and "not permitted" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://u:p@example.com/v1?key=s#f", "https://example.com/v1"),
+        ("http://u:p@[::1]:8080/v1", "http://[::1]:8080/v1"),
+        ("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"),
+    ],
+)
+def test_urls_are_shown_without_credentials(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
+    assert "u:p" not in repr(HTTPTransport(base_url=url, api_key=None))
