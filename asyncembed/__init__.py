@@ -46,6 +46,7 @@ from ._models import ProviderSort as ProviderSort
 from ._models import Usage as Usage
 from ._redis_limiter import RedisLimiter as RedisLimiter
 from ._stats import Stats as Stats
+from ._sync import SyncEmbedder as SyncEmbedder
 from ._transport import RawResponse as RawResponse
 from ._transport import Transport as Transport
 from ._version import __version__ as __version__
@@ -95,6 +96,7 @@ __all__ = [
     "ServiceUnavailableError",
     "Stats",
     "StoreError",
+    "SyncEmbedder",
     "Timeouts",
     "Transport",
     "UnprocessableEntityError",

@@ -20,7 +20,10 @@ The environment of a run: ``OPENROUTER_BASE_URL`` is the base URL of a
 on 127.0.0.1 from a background thread, and ``OPENROUTER_API_KEY`` holds a dummy key
 (which asyncembed sends only to openrouter.ai, so that server requires none). Samples
 are thus written exactly as a user would write them for OpenRouter. Name resolution is
-refused for any host other than loopback, so a sample cannot reach the network. The
+refused for any host other than loopback, so a sample cannot reach the network; the name
+``localhost`` resolves to that LocalServer whatever port the sample names, so a sample
+for a self-hosted server keeps its real default (``http://localhost:8000/v1`` for vLLM)
+and still runs. The
 working directory is a fresh temporary folder holding ``corpus.txt``: the first 300
 lines of the shipped sample corpus.
 """
@@ -118,11 +121,13 @@ def sandbox(
     )
     real = socket.getaddrinfo
 
-    def loopback_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+    def loopback_only(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         name = host.decode() if isinstance(host, bytes) else str(host)
         if name not in ("127.0.0.1", "localhost", "::1"):
             raise OSError(f"docs samples may not reach the network (tried {name!r})")
-        return real(host, *args, **kwargs)
+        if name == "localhost":  # any self-hosted server's port: the LocalServer
+            return real("127.0.0.1", server.port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
     yield server
