@@ -93,6 +93,7 @@ def test_every_option_reaches_the_embedder(served: ServerThread, tmp_path: Path)
         "allow_insecure": False,
         "cache": tmp_path / "cache.sqlite",
         "clock": None,
+        "limiter": None,
     }
     assert set(options) == set(EmbedderOptions.__annotations__)  # none forgotten here
     served.server.reset_stats()
