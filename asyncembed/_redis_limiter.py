@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._config import Limits
-from ._exceptions import LimiterUnavailableError
+from ._exceptions import LimiterUnavailableError, MissingExtraError
 from ._limiter import Limiter, Reservation, budget_exceeded
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def _redis() -> Any:
     try:
         import redis.asyncio as redis_asyncio
     except ImportError as exc:
-        raise ImportError(
+        raise MissingExtraError(
             "asyncembed.RedisLimiter needs redis-py: pip install 'asyncembed[redis]'"
         ) from exc
     return redis_asyncio

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Unpack
 
+from ._exceptions import MissingExtraError
+
 try:
     from langchain_core.embeddings import Embeddings
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
+    raise MissingExtraError(
         "asyncembed.langchain needs LangChain: pip install 'asyncembed[langchain]'"
     ) from exc
 

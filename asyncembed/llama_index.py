@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Unpack
 
+from ._exceptions import MissingExtraError
+
 try:
     from llama_index.core.base.embeddings.base import BaseEmbedding
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.callbacks import CallbackManager
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
+    raise MissingExtraError(
         "asyncembed.llama_index needs LlamaIndex: pip install 'asyncembed[llama-index]'"
     ) from exc
 

@@ -23,6 +23,7 @@ from . import (
     InputTooLongError,
     InvalidInputError,
     Limiter,
+    MissingExtraError,
     PartialResultError,
 )
 
@@ -30,7 +31,7 @@ try:
     import pyarrow as pa
     from ray.data.block import BlockAccessor, BlockType
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without Ray
-    raise ImportError(
+    raise MissingExtraError(
         "asyncembed.ray needs Ray Data and pyarrow: pip install 'asyncembed[ray]'"
     ) from exc
 
