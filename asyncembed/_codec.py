@@ -256,8 +256,6 @@ def _decode(
     data = body.data
     embeddings = [item.embedding for item in data]
     kinds = set(map(type, embeddings))
-    if bytearray in kinds:  # base64 as decoded for rows: checked as bytes are
-        kinds = (kinds - {bytearray}) | {bytes}
     if encoding == "base64" and kinds == {bytes} and not any(embeddings):
         raise Base64Unsupported("the model answered a base64 request with empty vectors")
     if len(data) != expected:
