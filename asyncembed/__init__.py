@@ -21,6 +21,7 @@ from ._exceptions import GatewayTimeoutError as GatewayTimeoutError
 from ._exceptions import InputTooLongError as InputTooLongError
 from ._exceptions import InternalServerError as InternalServerError
 from ._exceptions import InvalidInputError as InvalidInputError
+from ._exceptions import LimiterUnavailableError as LimiterUnavailableError
 from ._exceptions import MissingExtraError as MissingExtraError
 from ._exceptions import NotFoundError as NotFoundError
 from ._exceptions import PartialResultError as PartialResultError
@@ -35,7 +36,6 @@ from ._exceptions import ServiceUnavailableError as ServiceUnavailableError
 from ._exceptions import StoreError as StoreError
 from ._exceptions import UnprocessableEntityError as UnprocessableEntityError
 from ._limiter import Limiter as Limiter
-from ._limiter import LimiterUnavailableError as LimiterUnavailableError
 from ._limiter import Reservation as Reservation
 from ._models import EmbeddingRequest as EmbeddingRequest
 from ._models import EmbeddingResponse as EmbeddingResponse

@@ -28,6 +28,7 @@ Every exception the package raises derives from :class:`AsyncEmbedError`::
     │   └── InputTooLongError
     ├── BudgetExceededError             the Embedder's max_cost was reached
     ├── PartialResultError              some inputs of embed_many()/stream() failed
+    ├── LimiterUnavailableError         the shared limiter (Redis) cannot be reached
     ├── EmbedderClosedError             the Embedder is closed (also a RuntimeError)
     ├── MissingExtraError               an optional dependency is missing (also an ImportError)
     │  the files of the cache and of the CLI's bulk job (all also ValueError but the last):
@@ -70,6 +71,7 @@ __all__ = [
     "InvalidInputError",
     "JobIOError",
     "JobMismatchError",
+    "LimiterUnavailableError",
     "MissingExtraError",
     "NotFoundError",
     "OutputFileError",
@@ -182,6 +184,16 @@ class PartialResultError(AsyncEmbedError):
         self.errors: dict[int, BaseException] = dict(sorted(errors.items()))
         self.failed: list[int] = list(self.errors)
         self.start = start
+
+
+class LimiterUnavailableError(AsyncEmbedError):
+    """The shared limiter cannot be reached (e.g. Redis is down). Not retried.
+
+    The limiter fails closed: no request is sent without the shared budget's consent,
+    so workers never exceed the account's limits or the spending cap because their
+    limiter is down. Requests already in flight finish; new ones fail at once with
+    this error until the limiter is back (no restart needed).
+    """
 
 
 class EmbedderClosedError(AsyncEmbedError, RuntimeError):

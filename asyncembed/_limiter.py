@@ -22,12 +22,11 @@ from typing import Self
 
 from ._clock import Clock, SystemClock
 from ._config import Limits
-from ._exceptions import AsyncEmbedError, BudgetExceededError
+from ._exceptions import BudgetExceededError
 
 __all__ = [
     "Budget",
     "Limiter",
-    "LimiterUnavailableError",
     "LocalLimiter",
     "Reservation",
     "SlidingWindow",
@@ -36,16 +35,6 @@ __all__ = [
 logger = logging.getLogger("asyncembed")
 
 _WINDOW = 60.0
-
-
-class LimiterUnavailableError(AsyncEmbedError):
-    """The shared limiter cannot be reached (e.g. Redis is down). Not retried.
-
-    The limiter fails closed: no request is sent without the shared budget's consent,
-    so workers never exceed the account's limits or the spending cap because their
-    limiter is down. Requests already in flight finish; new ones fail at once with
-    this error until the limiter is back (no restart needed).
-    """
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,6 +9,7 @@ from typing import TypedDict
 from ._cache import Cache
 from ._clock import Clock
 from ._config import Batching, Limits, Retry, Timeouts
+from ._limiter import Limiter
 from ._models import ProviderPreferences
 from ._transport import Transport
 from ._types import EncodingFormat
@@ -42,3 +43,4 @@ class EmbedderOptions(TypedDict, total=False):
     allow_insecure: bool
     cache: Cache | str | os.PathLike[str] | None
     clock: Clock | None
+    limiter: Limiter | None

@@ -19,6 +19,8 @@ import asyncio
 import threading
 import weakref
 from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Self
 
 from ._embedder import Embedder
 from ._exceptions import EmbedderClosedError
@@ -27,7 +29,7 @@ from ._sync import SyncEmbedder
 from ._transport import resolve_api_key, resolve_base_url
 from ._types import Matrix, Vector
 
-__all__ = ["PerLoop"]
+__all__ = ["ClosesItsEmbedders", "PerLoop"]
 
 
 class _LoopHost:
@@ -200,3 +202,48 @@ def _discard(sync: SyncEmbedder, hosts: dict[asyncio.AbstractEventLoop, _LoopHos
                 loop.call_soon_threadsafe(host.stop.set)
             except RuntimeError:  # closed meanwhile
                 pass
+
+
+class ClosesItsEmbedders:
+    """``close``/``aclose`` and both context managers, for the classes holding a PerLoop.
+
+    The framework integrations each keep their Embedders in ``self._embedders``.
+    """
+
+    _embedders: PerLoop
+
+    def close(self) -> None:
+        """Close every Embedder this object made (queued texts are sent first).
+
+        Idempotent; later calls raise :class:`asyncembed.EmbedderClosedError`.
+        """
+        self._embedders.close()
+
+    async def aclose(self) -> None:
+        """Close every Embedder this object made, without blocking the running loop.
+
+        Idempotent; later calls raise :class:`asyncembed.EmbedderClosedError`.
+        """
+        await self._embedders.aclose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._config import Limits
-from ._limiter import Limiter, LimiterUnavailableError, Reservation, budget_exceeded
+from ._exceptions import LimiterUnavailableError
+from ._limiter import Limiter, Reservation, budget_exceeded
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

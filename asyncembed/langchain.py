@@ -10,7 +10,6 @@ Install with ``pip install 'asyncembed[langchain]'``::
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Unpack
 
 try:
@@ -21,12 +20,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ._options import EmbedderOptions
-from ._per_loop import PerLoop
+from ._per_loop import ClosesItsEmbedders, PerLoop
 
 __all__ = ["AsyncembedEmbeddings"]
 
 
-class AsyncembedEmbeddings(Embeddings):
+class AsyncembedEmbeddings(ClosesItsEmbedders, Embeddings):
     """A LangChain ``Embeddings`` whose calls are batched by asyncembed.
 
     ``aembed_query`` calls made at the same time on one event loop share requests (one
@@ -119,39 +118,3 @@ class AsyncembedEmbeddings(Embeddings):
         """
         vector: list[float] = (await self._embedders.embed(text)).tolist()
         return vector
-
-    def close(self) -> None:
-        """Close every Embedder this object made (queued texts are sent first).
-
-        Idempotent; later calls raise :class:`asyncembed.EmbedderClosedError`.
-        """
-        self._embedders.close()
-
-    async def aclose(self) -> None:
-        """Close every Embedder this object made, without blocking the running loop.
-
-        Idempotent; later calls raise :class:`asyncembed.EmbedderClosedError`.
-        """
-        await self._embedders.aclose()
-
-    def __enter__(self) -> AsyncembedEmbeddings:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> AsyncembedEmbeddings:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

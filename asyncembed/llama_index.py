@@ -10,7 +10,6 @@ Install with ``pip install 'asyncembed[llama-index]'``::
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any, Unpack
 
 try:
@@ -23,7 +22,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ._options import EmbedderOptions
-from ._per_loop import PerLoop
+from ._per_loop import ClosesItsEmbedders, PerLoop
 
 __all__ = ["AsyncembedEmbedding"]
 
@@ -33,7 +32,7 @@ __all__ = ["AsyncembedEmbedding"]
 MAX_BATCH = 2048
 
 
-class AsyncembedEmbedding(BaseEmbedding):
+class AsyncembedEmbedding(ClosesItsEmbedders, BaseEmbedding):
     """A LlamaIndex ``BaseEmbedding`` whose calls are batched by asyncembed.
 
     Query and text embeddings made at the same time share requests: on one event
@@ -118,39 +117,3 @@ class AsyncembedEmbedding(BaseEmbedding):
     async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         # LlamaIndex gathers its chunks at once: small ones share requests this way.
         return [vector.tolist() for vector in await self._embedders.embed_chunk(texts)]
-
-    def close(self) -> None:
-        """Close every Embedder this object made (queued texts are sent first).
-
-        Idempotent; later calls raise :class:`asyncembed.EmbedderClosedError`.
-        """
-        self._embedders.close()
-
-    async def aclose(self) -> None:
-        """Close every Embedder this object made, without blocking the running loop.
-
-        Idempotent; later calls raise :class:`asyncembed.EmbedderClosedError`.
-        """
-        await self._embedders.aclose()
-
-    def __enter__(self) -> AsyncembedEmbedding:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> AsyncembedEmbedding:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

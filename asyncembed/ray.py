@@ -339,7 +339,7 @@ async def _hold_open(
     cache: Cache | None = None
     try:
         if isinstance(options.get("cache"), str | os.PathLike):
-            cache = await asyncio.to_thread(_open_cache, options["cache"])
+            cache = await asyncio.to_thread(Cache, options["cache"])
             options = {**options, "cache": cache}
         async with Embedder(model, **options) as embedder:
             ready.set_result(embedder)
@@ -360,29 +360,6 @@ async def _hold_open(
         if isinstance(limiter, Limiter):
             with contextlib.suppress(Exception):
                 await limiter.aclose()
-
-
-def _open_cache(path: str | os.PathLike[str]) -> Cache:
-    """Open a cache file that other actors on this machine may be creating right now.
-
-    SQLite's switch of a new file to WAL mode does not wait for a busy database, so
-    processes creating one cache at the same moment can fail with "database is locked"
-    (2 of 120 opens did, 4 processes at a time). A lock on the cache's folder serialises
-    the opening (POSIX only; elsewhere it is not serialised).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        return Cache(path)
-    try:
-        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return Cache(path)  # it names the missing folder
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        return Cache(path)
-    finally:
-        os.close(folder)  # and with it the lock
 
 
 async def _stop_and_wait(stop: asyncio.Event, owner: asyncio.Task[None]) -> None:

@@ -7,6 +7,8 @@ import pytest
 # Ray reads this once, when a test module first imports it: without it the tests' Ray
 # would bind every interface instead of 127.0.0.1 (see tests/test_ray.py).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# ...and would report usage statistics to ray.io: no test reaches off this machine.
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
 @pytest.fixture

@@ -168,7 +168,9 @@ def test_four_processes_share_requests_per_minute(redis: RedisServer, workers: W
         ]
         lines = workers.run(jobs)
         stamps = sorted(r.arrived for r in server.requests)
-    assert sum(line["ok"] for line in lines) == len(stamps) < PROCESSES * EACH
+    answered = sum(line["ok"] for line in lines)
+    # A worker whose time ran out may leave one request the server still counts.
+    assert answered <= len(stamps) <= answered + PROCESSES < PROCESSES * EACH
     assert all(line["ok"] for line in lines)  # every worker had its turn
     first_minute = sum(1 for t in stamps if t < stamps[0] + MINUTE)
     busiest = most_in_any_window(stamps, [1] * len(stamps), MINUTE)
@@ -187,7 +189,8 @@ def test_four_processes_share_tokens_per_minute(redis: RedisServer, workers: Wor
         ]
         lines = workers.run(jobs)
         records = sorted(server.requests, key=lambda r: r.arrived)
-    assert sum(line["ok"] for line in lines) == len(records) < PROCESSES * EACH
+    answered = sum(line["ok"] for line in lines)
+    assert answered <= len(records) <= answered + PROCESSES < PROCESSES * EACH
     assert {r.tokens for r in records} == {100}
     stamps = [r.arrived for r in records]
     first_minute = sum(r.tokens for r in records if r.arrived < stamps[0] + MINUTE)

@@ -1,5 +1,8 @@
 """A bulk job: a corpus file through :meth:`Embedder.stream` into an output file, resumably.
 
+Over 400 lines on purpose: one class holds the job's whole protocol (open, validate,
+resume, run, checkpoint, close) in the order it runs, a third of it docstrings.
+
 :class:`BulkJob` follows the resume protocol of :mod:`asyncembed._bulk._state`: the output
 is written under a temporary name (see :mod:`asyncembed._bulk._writers`), made durable and
 recorded in the SQLite job state as each block lands (or every ``checkpoint_every``
