@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 
-from ._batch_runner import Outcome
 from ._clock import Clock
 from ._config import Batching
 from ._exceptions import EmbedderClosedError
 from ._inputs import TokenEstimator
+from ._outcome import Outcome
 from ._sender import Deadline
 from ._stats import Counters
 from ._types import Matrix, Vector

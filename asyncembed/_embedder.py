@@ -18,7 +18,7 @@ import aiohttp
 import anyio
 import msgspec
 
-from ._batch_runner import BatchRunner, Outcome
+from ._batch_runner import BatchRunner
 from ._batcher import Batcher
 from ._cache import Cache
 from ._clock import Clock, SystemClock
@@ -29,6 +29,7 @@ from ._inputs import TokenEstimator, check_many, check_tokens
 from ._lifecycle import Lifecycle, State
 from ._limiter import Limiter
 from ._models import ProviderPreferences
+from ._outcome import Outcome
 from ._scheduler import BULK, LIVE, Scheduler
 from ._sender import Deadline, RequestOptions, Sender
 from ._stats import Counters, Stats
