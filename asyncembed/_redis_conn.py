@@ -116,14 +116,26 @@ class Link:
             name: client.register_script(source) for name, source in scripts.items()
         }
         self.tasks: set[asyncio.Task[None]] = set()
+        self._unsent: list[Callable[[Link], Coroutine[Any, Any, None]]] = []
         self.watch: AsyncGenerator[None, None] | None = None
         self._closing: asyncio.Task[None] | None = None
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the background on the running loop (this link's)."""
-        task = asyncio.get_running_loop().create_task(coro)
+    def spawn(self, send: Callable[[Link], Coroutine[Any, Any, None]]) -> None:
+        """Run ``send(self)`` in the background on the running loop (this link's).
+
+        A send cancelled (by the loop's shutdown, which cancels every task before it
+        closes the async generators) is run again by :meth:`close`: it must be
+        idempotent, since the cancelled one may have reached Redis.
+        """
+        task = asyncio.get_running_loop().create_task(send(self))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            if task.cancelled():
+                self._unsent.append(send)
+
+        task.add_done_callback(done)
 
     async def close(self) -> None:
         """Wait for the background sends, then close the client; on this link's loop.
@@ -140,6 +152,9 @@ class Link:
 
         while self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        unsent, self._unsent = self._unsent, []
+        for send in unsent:
+            await send(self)
         with suppress(RedisError, OSError):  # a dead connection is closed all the same
             await self.client.aclose()
 

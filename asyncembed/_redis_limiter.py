@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ._config import Limits
 from ._exceptions import LimiterUnavailableError, MissingExtraError
 from ._limiter import Limiter, Reservation, budget_exceeded
-from ._redis_conn import Links, check_url, redact_url, secrets_of
+from ._redis_conn import Link, Links, check_url, redact_url, secrets_of
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -123,8 +122,10 @@ return {string.format('%.6f', math.max(0, left))}
 """
 
 # KEYS: spend hash, leases. ARGV: lease member, cost ('' : none), billed tokens.
+# A lease settles once: a settlement sent again (its first send was cancelled by the
+# loop's shutdown, maybe after it ran) counts nothing the second time.
 _SETTLE = """
-if ARGV[1] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 if ARGV[2] ~= '' then redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[2]) end
 if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[1], 'billed_tokens', ARGV[3]) end
 return 1
@@ -178,7 +179,8 @@ class RedisLimiter(Limiter):
             full window) is spent in the local queue and asked about again.
         timeout: Seconds to connect to Redis and to await each answer.
         lease: Seconds after which the commitment of a request whose worker never
-            settled it (it died) is dropped from the spend check.
+            settled it (it died) is dropped from the spend check; a settlement that
+            comes later is not counted (keep it well above the request timeout).
 
     Raises:
         ImportError: redis-py is not installed (``pip install 'asyncembed[redis]'``).
@@ -282,14 +284,14 @@ class RedisLimiter(Limiter):
 
     def pause(self, seconds: float) -> None:
         """See :meth:`asyncembed.Limiter.pause` (sent in the background)."""
-        self._spawn(self._quietly("pause", self._keys[2:3], (seconds,)))
+        self._spawn("pause", self._keys[2:3], (seconds,))
 
     def settle(self, reservation: Reservation, *, cost: float | None, tokens: int) -> None:
         """See :meth:`asyncembed.Limiter.settle` (sent in the background)."""
         if reservation.lease is None:
             return  # no spending cap: nothing was committed, nothing to record
         args = (reservation.lease, "" if cost is None else repr(cost), tokens)
-        self._spawn(self._quietly("settle", self._keys[3:5], args))
+        self._spawn("settle", self._keys[3:5], args)
 
     async def aclose(self) -> None:
         """Send what is being sent, then close the connections of every event loop.
@@ -317,11 +319,14 @@ class RedisLimiter(Limiter):
         )
         return client
 
-    async def _call(self, name: str, keys: list[str], args: tuple[Any, ...]) -> list[Any]:
+    async def _call(
+        self, name: str, keys: list[str], args: tuple[Any, ...], link: Link | None = None
+    ) -> list[Any]:
         from redis.exceptions import RedisError
 
         try:
-            reply: list[Any] = await self._links.here().scripts[name](keys=keys, args=args)
+            script = (link or self._links.here()).scripts[name]
+            reply: list[Any] = await script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise LimiterUnavailableError(self._describe(exc)) from None
         return reply
@@ -333,13 +338,13 @@ class RedisLimiter(Limiter):
             text = text.replace(secret, "***")
         return f"the shared limiter at {where} is unavailable: {type(exc).__name__}: {text}"
 
-    async def _quietly(self, name: str, keys: list[str], args: tuple[Any, ...]) -> None:
-        try:
-            await self._call(name, keys, args)
-        except LimiterUnavailableError as exc:
-            # Nothing to fail: the request is over. A lost pause still holds this
-            # process (the Scheduler's own copy); a lost settlement's lease expires.
-            logger.warning("%s (%s not recorded)", exc, name)
+    def _spawn(self, name: str, keys: list[str], args: tuple[Any, ...]) -> None:
+        async def send(link: Link) -> None:
+            try:
+                await self._call(name, keys, args, link)
+            except LimiterUnavailableError as exc:
+                # Nothing to fail: the request is over. A lost pause still holds this
+                # process (the Scheduler's own copy); a lost settlement's lease expires.
+                logger.warning("%s (%s not recorded)", exc, name)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._links.here().spawn(coro)
+        self._links.here().spawn(send)

@@ -110,7 +110,7 @@ def test_two_loops_in_two_threads_share_one_limiter_and_one_aclose_closes_both(
         assert clients(probe) == before + 2  # one connection per loop, not one per switch
         # Scripts wait while Redis is paused for writes: the pause sent on the other
         # loop is still on its way when this loop closes the limiter.
-        probe.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+        probe.client_pause(300, all=False)  # WRITE mode: EVALSHA waits, INFO does not
 
         async def pause_there() -> int:
             limiter.pause(5.0)
@@ -161,6 +161,33 @@ def test_loops_that_shut_down_close_their_own_connections(
     # Both requests' settlements reached Redis before their loops closed the connections.
     assert billed > 0
     assert float(probe.hget("{" + limiter.key + "}:spend", "spent") or 0) == pytest.approx(billed)
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_a_settlement_cut_off_by_its_loops_shutdown_is_still_counted_once(
+    redis: RedisServer, probe: redis_py.Redis
+) -> None:
+    limiter = RedisLimiter(redis.url, key=f"cut-{uuid.uuid4().hex[:8]}")
+    limits = Limits(max_cost=1.0)
+
+    async def reserve_and_leave() -> None:
+        first = await limiter.reserve(10, limits)
+        limiter.settle(first, cost=0.25, tokens=10)
+        # Returning at once: asyncio.run() cancels the settlement's task before it
+        # has run a step, then closes the limiter's connection, which sends it.
+
+    async def settle_twice() -> None:
+        second = await limiter.reserve(10, limits)
+        assert second.granted and second.committed == pytest.approx(0.25)
+        limiter.settle(second, cost=0.25, tokens=10)
+        limiter.settle(second, cost=0.25, tokens=10)  # a lease settles once
+        await limiter.aclose()
+
+    asyncio.run(reserve_and_leave())
+    asyncio.run(settle_twice())
+    spend = probe.hgetall("{" + limiter.key + "}:spend")
+    assert float(spend["spent"]) == pytest.approx(0.5) and spend["billed_tokens"] == "20"
+    assert probe.zcard("{" + limiter.key + "}:leases") == 0
 
 
 SECRET = "hunter2"
