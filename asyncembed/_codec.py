@@ -1,4 +1,7 @@
-"""Bytes ↔ structs ↔ float32 matrices, and every check a response must pass.
+"""Bytes ↔ structs ↔ float32 matrices, and every check a good answer must pass.
+
+Error answers become exceptions in ``_error_answers.py``; ``embed()``'s one-vector-per-input
+form of a base64 answer is in ``_rows.py``.
 
 One Encoder and one Decoder per type are built at import (msgspec perf-tips). base64
 vectors stay ``bytes`` (msgspec decodes base64 itself) until one ``np.frombuffer`` over
@@ -20,8 +23,9 @@ import anyio
 import msgspec
 import numpy as np
 
-from ._exceptions import APIStatusError, ProtocolError, error_for_status, parse_retry_after
-from ._models import EmbeddingRequest, EmbeddingResponse, ErrorBody, ErrorDetail
+from ._error_answers import detail_error, error_in_200, excerpt, status_error
+from ._exceptions import ProtocolError
+from ._models import EmbeddingRequest, EmbeddingResponse, ErrorDetail
 from ._models import Usage as Usage
 from ._rows import _ROWS, Rows, _RowResponse, _rows
 from ._types import EncodingFormat, Matrix
@@ -74,7 +78,6 @@ _RESPONSE = msgspec.json.Decoder(EmbeddingResponse)
 _LAZY = msgspec.json.Decoder(_LazyResponse)
 _FLOAT_ROWS = msgspec.json.Decoder(list[list[float]])
 _BASE64_ROWS = msgspec.json.Decoder(list[bytes])
-_ERROR = msgspec.json.Decoder(ErrorBody)
 _NO_USAGE = Usage()
 
 
@@ -235,17 +238,17 @@ def _decode(
     With ``rows``, a base64 answer decoded in one go comes back as :class:`Rows`.
     """
     if not 200 <= status < 300:
-        raise _status_error(status, headers, content)
+        raise status_error(status, headers, content)
     try:
         decoder = _ROWS if rows else _RESPONSE
         body = (_LAZY if _stepwise(content, encoding) else decoder).decode(content)
     except msgspec.DecodeError as exc:
-        error = _error_in_200(content)
+        error = error_in_200(content)
         if error is not None:
-            raise _detail_error(status, error, headers, None) from None
-        raise ProtocolError(f"invalid response body ({exc}): {_excerpt(content)}") from None
+            raise detail_error(status, error, headers, None) from None
+        raise ProtocolError(f"invalid response body ({exc}): {excerpt(content)}") from None
     if body.error is not None:
-        raise _detail_error(status, body.error, headers, body.id)
+        raise detail_error(status, body.error, headers, body.id)
     if not body.data:
         raise EmptyData(f"response has 0 embeddings for {expected} inputs")
     if isinstance(body, _LazyResponse) and _raw_kinds(body) <= {b'"', b"["}:
@@ -256,8 +259,6 @@ def _decode(
     data = body.data
     embeddings = [item.embedding for item in data]
     kinds = set(map(type, embeddings))
-    if bytearray in kinds:  # base64 as decoded for rows: checked as bytes are
-        kinds = (kinds - {bytearray}) | {bytes}
     if encoding == "base64" and kinds == {bytes} and not any(embeddings):
         raise Base64Unsupported("the model answered a base64 request with empty vectors")
     if len(data) != expected:
@@ -382,83 +383,6 @@ def _dict_to_list(embedding: Any) -> list[float]:
         return [embedding[k] for k in sorted(embedding, key=int)]
     except (TypeError, ValueError):
         raise ProtocolError("embedding object has non-numeric keys") from None
-
-
-def _error_in_200(content: bytes) -> ErrorDetail | None:
-    try:
-        return _ERROR.decode(content).error
-    except msgspec.DecodeError:
-        return None
-
-
-def _detail_error(
-    status: int, error: ErrorDetail, headers: Mapping[str, str], request_id: str | None
-) -> APIStatusError:
-    code = error.code
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
-    effective = code if isinstance(code, int) and 400 <= code < 600 else status
-    if effective < 400:
-        effective = 502  # an error inside a 200 with no usable code: treat as upstream failure
-    return _build(effective, error, headers, request_id)
-
-
-def _status_error(status: int, headers: Mapping[str, str], content: bytes) -> APIStatusError:
-    try:
-        body = _ERROR.decode(content)
-    except msgspec.DecodeError:
-        body = None
-    if body is not None and body.error is not None:
-        return _build(status, body.error, headers, None)
-    if body is not None and body.detail is not None:
-        message = _detail_message(body.detail)
-    else:
-        message = _excerpt(content) or "(empty body)"
-    return _build(status, ErrorDetail(message=message), headers, None)
-
-
-def _build(
-    status: int, error: ErrorDetail, headers: Mapping[str, str], request_id: str | None
-) -> APIStatusError:
-    metadata = error.metadata or {}
-    availability = error.availability
-    lookup: dict[str, str] = {}
-    meta_headers = metadata.get("headers")
-    if isinstance(meta_headers, dict):
-        lookup.update({str(k).lower(): str(v) for k, v in meta_headers.items()})
-    lookup.update({k.lower(): v for k, v in headers.items()})
-    retry_after = parse_retry_after(
-        _Lower(lookup), body_delay=availability.retry_after if availability else None
-    )
-    return error_for_status(
-        status,
-        error.message or "(no message)",
-        metadata=metadata,
-        request_id=request_id or headers.get("x-request-id") or headers.get("x-generation-id"),
-        retry_after=retry_after,
-        retryable=availability.retryable if availability else None,
-    )
-
-
-class _Lower(dict[str, str]):
-    """A dict whose lookups ignore case (keys are stored lower-case)."""
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key.lower(), default)
-
-
-def _detail_message(detail: Any) -> str:
-    if isinstance(detail, str):
-        return detail
-    if isinstance(detail, list):  # FastAPI-style [{"msg": ...}, ...]
-        parts = [str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail]
-        return "; ".join(parts)
-    return str(detail)[:300]
-
-
-def _excerpt(content: bytes, limit: int = 200) -> str:
-    text = " ".join(content[: limit * 4].decode("utf-8", "replace").split())
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _short(values: list[int], limit: int = 12) -> str:

@@ -5,8 +5,9 @@ thread's main function."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ import anyio
 
 from ._embedder import Embedder
 
-__all__ = ["END", "Host", "Pump", "close_unstarted", "run_loop"]
+__all__ = ["END", "Host", "Pump", "close_unstarted", "read_in_threads", "run_loop"]
 
 T = TypeVar("T")
 END: Any = object()
@@ -90,7 +91,10 @@ class Pump:
         async with self.send:
             if self.stopped:
                 return
-            async with aclosing(embedder.stream(items, window=window)) as blocks:
+            source: Any = items
+            if not isinstance(items, str | bytes):  # Embedder.stream rejects those
+                source = read_in_threads(items, embedder.batching.max_size)
+            async with aclosing(embedder.stream(source, window=window)) as blocks:
                 async for block in blocks:
                     await self.send.send(block)
 
@@ -107,6 +111,51 @@ class Pump:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait([task])
+
+
+async def read_in_threads(items: Iterable[Any], size: int) -> AsyncGenerator[Any]:
+    """The items of a plain iterable, read ``size`` at a time in a helper thread.
+
+    The background loop serves every thread's calls: an iterable that blocks (a
+    database cursor, a network file) must not stall it. One block is read ahead of
+    what the stream has taken, so backpressure holds. Each block gets a daemon thread
+    of its own rather than the loop's executor: a read that never returns must not
+    hold up close() or interpreter exit, which wait for that executor.
+    """
+    loop = asyncio.get_running_loop()
+    iterator = iter(items)
+    while True:
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        threading.Thread(
+            target=_read_block, args=(iterator, size, loop, future), daemon=True
+        ).start()
+        block = await future
+        for item in block:
+            yield item
+        if len(block) < size:
+            return
+
+
+def _read_block(
+    iterator: Iterator[Any], size: int, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]
+) -> None:
+    def settle(result: list[Any] | None, exc: BaseException | None) -> None:
+        if future.done():  # the stream was stopped while this thread read
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    try:
+        result: list[Any] | None = list(itertools.islice(iterator, size))
+        exc: BaseException | None = None
+    except BaseException as error:
+        result, exc = None, error
+    try:
+        loop.call_soon_threadsafe(settle, result, exc)
+    except RuntimeError:  # the loop is closed: nobody waits for this block
+        pass
 
 
 def run_loop(loop: asyncio.AbstractEventLoop) -> None:

@@ -16,6 +16,7 @@ warning at exit, nothing to call. ``close()``/``aclose()`` close them all sooner
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from typing import Self
 from ._embedder import Embedder
 from ._exceptions import EmbedderClosedError
 from ._options import EmbedderOptions
-from ._sync import SyncEmbedder
+from ._sync import _INHERITED, SyncEmbedder
 from ._transport import resolve_api_key, resolve_base_url
 from ._types import Matrix, Vector
 
@@ -86,6 +87,19 @@ class PerLoop:
         # Dropped without close() (frameworks never close their embeddings objects):
         # stop the background thread quietly; the loops close their own Embedders.
         weakref.finalize(self, _discard, self.sync, self._hosts)
+        _ALL.add(self)
+
+    def _reset_after_fork(self) -> None:
+        # The parent's loops do not run in a forked child: their hosts are kept, unused
+        # (see _sync._INHERITED); the child's loops make their own on first use.
+        _INHERITED.append(list(self._hosts.values()))
+        self._hosts.clear()
+        self._lock = threading.Lock()
+
+    @property
+    def options(self) -> EmbedderOptions:
+        """The options every Embedder here is built with (a copy; holds the key)."""
+        return self._options.copy()
 
     @property
     def base_url(self) -> str:
@@ -104,6 +118,8 @@ class PerLoop:
             EmbedderClosedError: after :meth:`close` or :meth:`aclose`.
         """
         loop = asyncio.get_running_loop()
+        if self._closed:  # also on a loop whose Embedder close() found idle
+            raise EmbedderClosedError("the embeddings object is closed")
         host = self._hosts.get(loop)
         if host is None or host.task.done():
             with self._lock:
@@ -157,6 +173,8 @@ class PerLoop:
                 await host.close()
             elif loop.is_running():
                 await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(host.close(), loop))
+            else:
+                await asyncio.to_thread(_close_idle, loop, host)
         # SyncEmbedder.close() blocks until its thread stops: not on this loop.
         await asyncio.to_thread(self.sync.close)
 
@@ -175,7 +193,30 @@ class PerLoop:
                 host.stop.set()
             elif loop.is_running():
                 asyncio.run_coroutine_threadsafe(host.close(), loop).result()
+            elif current is None:
+                _close_idle(loop, host)
+            else:  # this thread runs a loop already: the idle one runs in a helper
+                helper = threading.Thread(target=_close_idle, args=(loop, host))
+                helper.start()
+                helper.join()
         self.sync.close()
+
+
+def _close_idle(loop: asyncio.AbstractEventLoop, host: _LoopHost) -> None:
+    """Close a host on a loop that is not running (kept for later run_until_complete
+    calls): run that loop until its Embedder is closed, so nothing is left pending."""
+    if loop.is_closed() or host.task.done():
+        return
+    closing = host.close()
+    try:
+        loop.run_until_complete(closing)
+    except RuntimeError:
+        # Another thread started the loop meanwhile: ask it instead.
+        closing.close()  # never started: no "never awaited" warning
+        try:
+            loop.call_soon_threadsafe(host.stop.set)
+        except RuntimeError:  # closed meanwhile
+            pass
 
 
 def _forget(
@@ -202,6 +243,18 @@ def _discard(sync: SyncEmbedder, hosts: dict[asyncio.AbstractEventLoop, _LoopHos
                 loop.call_soon_threadsafe(host.stop.set)
             except RuntimeError:  # closed meanwhile
                 pass
+
+
+_ALL: weakref.WeakSet[PerLoop] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for per_loop in list(_ALL):
+        per_loop._reset_after_fork()
+
+
+# Registered after _sync's handler (imported above), so the SyncEmbedders are reset too.
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ClosesItsEmbedders:

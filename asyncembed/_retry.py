@@ -21,6 +21,8 @@ __all__ = ["budget_end", "is_retryable", "retrying"]
 
 logger = logging.getLogger("asyncembed")
 
+_JITTER = random.Random()  # one for all requests: seeding one per request costs more
+
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether another attempt can help: by class, or by the body's availability flag."""
@@ -46,6 +48,7 @@ def retrying(
     policy: Retry,
     clock: Clock,
     *,
+    created: float | None = None,
     deadline: Callable[[], float | None] | None = None,
     started: Callable[[], float | None] = lambda: None,
     on_retry: Callable[[BaseException, float], None] | None = None,
@@ -56,6 +59,8 @@ def retrying(
     Args:
         policy: Attempts, time budget and backoff.
         clock: Time for the budget and the sleeps (``clock.sleep`` does the waiting).
+        created: When the request was created (``clock.now()``; default: now), the
+            start of its budget until it is first sent.
         deadline: Returns the latest ``clock.now()`` any caller still waits for, read
             before each sleep (callers may join while the request is in flight); no
             sleep is started that would end after it. ``None`` (or a ``None`` reading):
@@ -68,8 +73,9 @@ def retrying(
 
     The returned object re-raises the last error when it gives up.
     """
-    created = clock.now()
-    jitter = rng or random.Random()
+    if created is None:
+        created = clock.now()
+    jitter = rng or _JITTER
 
     def should_retry(state: tenacity.RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None

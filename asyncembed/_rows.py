@@ -1,9 +1,12 @@
 """Base64 answers as one vector per input, each in its own writable buffer.
 
-The coalescing path (``embed()``) hands every caller its own vector. Decoding each
-base64 string straight into a ``bytearray`` gives each vector its buffer at once: no
-matrix joined from the rows (a fresh block per batch, whose pages are faulted in every
-time) and no per-caller copy out of it. The checks are those of ``_codec._matrix``.
+The coalescing path (``embed()``) hands every caller its own vector: each base64
+string is decoded to ``bytes`` and copied once into an array that owns its data. No
+matrix is joined from the rows (a fresh block per batch, whose pages are faulted in
+every time), and no vector is a view of a buffer: numpy holds a buffer it did not
+allocate through a ``memoryview`` (two objects the garbage collector tracks, for as
+long as the caller keeps the vector), while an owning array is invisible to it. The
+checks are those of ``_codec._matrix``.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ class Rows:
     encoding: EncodingFormat = "base64"
 
 
-class _RowItem(msgspec.Struct, kw_only=True, frozen=True):
-    # EmbeddingItem with base64 decoded into a bytearray: a writable buffer per vector.
-    embedding: list[float] | bytearray | dict[str, float]
+class _RowItem(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    # EmbeddingItem, with the struct not tracked by the collector (no field refers back).
+    embedding: list[float] | bytes | dict[str, float]
     index: int | None = None
 
 
@@ -61,7 +64,7 @@ class _RowResponse(msgspec.Struct, kw_only=True, frozen=True):
 _ROWS = msgspec.json.Decoder(_RowResponse)
 
 
-def _rows(raw: list[bytes] | list[bytearray], dimensions: int | None) -> list[Vector]:
+def _rows(raw: list[bytes], dimensions: int | None) -> list[Vector]:
     """One writable float32 vector per base64 row, checked as :func:`_matrix` checks."""
     sizes = set(map(len, raw))
     if len(sizes) != 1:
@@ -75,10 +78,8 @@ def _rows(raw: list[bytes] | list[bytearray], dimensions: int | None) -> list[Ve
     if dimensions is not None and width != dimensions:
         raise ProtocolError(f"expected {dimensions}-dimensional vectors, got {width}")
     frombuffer, f32 = np.frombuffer, _F32
-    if type(raw[0]) is bytearray:  # decoded for rows: each vector its buffer as it is
-        vectors: list[Vector] = [frombuffer(row, f32) for row in raw]
-    else:
-        vectors = [frombuffer(row, f32).copy() for row in raw]
+    # .copy(): an array that owns its data (see the module docstring).
+    vectors: list[Vector] = [frombuffer(row, f32).copy() for row in raw]
     flat, finite = _scratch(len(raw) * width)
     np.concatenate(vectors, out=flat)
     if not np.isfinite(flat, out=finite).all():

@@ -183,22 +183,37 @@ class Sender:
             sent = first_sent[0] if first_sent else None
             return budget_end(self._retry, created, sent, deadline)
 
-        policy = retrying(
-            self._retry,
-            self._clock,
-            deadline=deadline,
-            started=lambda: first_sent[0] if first_sent else None,
-            on_retry=on_retry,
-        )
         while True:
+            # The first attempt runs bare: most requests succeed at once, and tenacity's
+            # loop is a reference cycle per request that would keep the batch (and every
+            # caller's vector) alive until the garbage collector's next full pass.
+            try:
+                return await self._attempt(
+                    inputs, priority, encoding_format, first_sent, wait_limit, rows
+                )
+            except _EncodingSwitched:
+                continue  # resend at once in float, through a new slot (counted by limits)
+            except Exception as exc:
+                failed: BaseException | None = exc
+            policy = retrying(
+                self._retry,
+                self._clock,
+                created=created,
+                deadline=deadline,
+                started=lambda: first_sent[0] if first_sent else None,
+                on_retry=on_retry,
+            )
             try:
                 async for attempt in policy:
                     with attempt:
+                        if failed is not None:  # the first attempt's error: tenacity decides
+                            error, failed = failed, None
+                            raise error
                         return await self._attempt(
                             inputs, priority, encoding_format, first_sent, wait_limit, rows
                         )
             except _EncodingSwitched:
-                continue  # resend at once in float, through a new slot (counted by limits)
+                continue
             raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _attempt(

@@ -15,6 +15,7 @@ import atexit
 import concurrent.futures
 import enum
 import itertools
+import os
 import threading
 import warnings
 import weakref
@@ -63,6 +64,11 @@ class SyncEmbedder:
     that loop like any blocking call until it returns (in async code, use
     :class:`Embedder` instead).
 
+    After ``os.fork()`` (gunicorn ``--preload``), the child gets it back unstarted with
+    an Embedder of its own, built from the same options; a ``cache`` given as a path is
+    reopened there, a :class:`Cache` object is shared with the parent (do not fork with
+    one in use: pass a path).
+
     Args:
         model: The model id, e.g. ``"openai/text-embedding-3-small"``.
         **options: Any keyword option of :class:`Embedder` (``api_key``, ``base_url``,
@@ -83,11 +89,14 @@ class SyncEmbedder:
                 "loop, and SyncEmbedder runs its own (pass transport= to customise HTTP)"
             )
         self._embedder = Embedder(model, **options)
+        # Kept to build a fresh Embedder in a forked child (see _after_fork_in_child).
+        self._model, self._options = model, options.copy()
         self._lock = threading.Lock()
         self._state = _State.UNSTARTED
         self._host: Host | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        _ALL.add(self)
 
     @property
     def model(self) -> str:
@@ -191,10 +200,12 @@ class SyncEmbedder:
         """Embed a corpus of any size with bounded memory, yielding blocks in input order.
 
         A generator over :meth:`Embedder.stream`: ``(start, matrix)`` blocks for texts,
-        ``(ids, matrix)`` for ``(id, text)`` pairs. ``items`` is read on the background
-        thread, ``window`` batches ahead of what you have consumed, so it must not call
-        this SyncEmbedder itself. Stopping early (``break``, ``close()``, Ctrl-C)
-        cancels the batches in flight before the generator returns.
+        ``(ids, matrix)`` for ``(id, text)`` pairs. ``items`` is read in helper threads,
+        one batch at a time and ``window`` batches ahead of what you have consumed, so a
+        slow iterable (a database cursor, a network file) delays only this stream, not
+        other threads' calls. Stopping early (``break``, ``close()``, Ctrl-C) cancels
+        the batches in flight before the generator returns; a read in progress then
+        finishes in its thread, unused.
 
         Args:
             items: An iterable of texts or of ``(id, text)`` pairs.
@@ -256,6 +267,14 @@ class SyncEmbedder:
                 pass
         return state
 
+    def _reset_after_fork(self) -> None:
+        _INHERITED.append((self._embedder, self._host, self._loop, self._thread))
+        self._lock = threading.Lock()
+        self._host = self._loop = self._thread = None
+        if self._state is not _State.CLOSED:
+            self._state = _State.UNSTARTED
+            self._embedder = Embedder(self._model, **self._options)
+
     def _start(self) -> tuple[Host, asyncio.AbstractEventLoop]:
         # Called with the lock held, so two first calls start one thread. The Embedder
         # starts on its first call, on this loop; the host task is scheduled first.
@@ -274,10 +293,7 @@ class SyncEmbedder:
     def _check_thread(self) -> None:
         # Identity, not thread ids: an id is reused once its thread has ended.
         if threading.current_thread() is self._thread:
-            raise RuntimeError(
-                "a SyncEmbedder cannot be called from its own event loop thread "
-                "(for example from the iterable given to stream())"
-            )
+            raise RuntimeError("a SyncEmbedder cannot be called from its own event loop thread")
 
     def _submit(
         self, make: Callable[[], Coroutine[Any, Any, T]], *, stream: bool = False
@@ -311,7 +327,28 @@ class SyncEmbedder:
             raise
 
 
-_LIVE: weakref.WeakSet[SyncEmbedder] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[SyncEmbedder] = weakref.WeakSet()  # started, for atexit
+_ALL: weakref.WeakSet[SyncEmbedder] = weakref.WeakSet()  # every one, for fork
+# What a forked child inherited from its parent's SyncEmbedders: kept referenced, never
+# closed or collected there (closing would act on the parent's session and SQLite file).
+_INHERITED: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    # The child has only the forking thread: each started SyncEmbedder's loop thread is
+    # gone and its locks may be held by threads that no longer exist. Each one goes
+    # back to unstarted with a fresh Embedder (a cache given as a path is reopened).
+    _LIVE.clear()
+    for embedder in list(_ALL):
+        try:
+            embedder._reset_after_fork()
+        except Exception:
+            # Its options no longer build an Embedder here (say, its cache file went):
+            # closed, its calls raise EmbedderClosedError instead of waiting forever.
+            embedder._state = _State.CLOSED
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

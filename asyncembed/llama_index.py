@@ -10,13 +10,14 @@ Install with ``pip install 'asyncembed[llama-index]'``::
 
 from __future__ import annotations
 
-from typing import Any, Unpack
+import copy
+from typing import Any, Self, Unpack
 
 from ._exceptions import MissingExtraError
 
 try:
     from llama_index.core.base.embeddings.base import BaseEmbedding
-    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
     from llama_index.core.callbacks import CallbackManager
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise MissingExtraError(
@@ -32,6 +33,8 @@ __all__ = ["AsyncembedEmbedding"]
 # another, so small chunks cost one round trip each; asyncembed splits a chunk into
 # requests of Batching.max_size itself and sends them concurrently.
 MAX_BATCH = 2048
+# Where a pickle or copy keeps the model id and options of its Embedders.
+_OPTIONS = "asyncembed_options"
 
 
 class AsyncembedEmbedding(ClosesItsEmbedders, BaseEmbedding):
@@ -45,16 +48,29 @@ class AsyncembedEmbedding(ClosesItsEmbedders, BaseEmbedding):
     the async batch path, which gathers its chunks at once, chunks smaller than one
     request are coalesced with each other.
 
+    Copies and pickles (``copy``, ``model_copy()``, ``pickle``, as
+    ``IngestionPipeline(num_workers=...)`` does) get Embedders of their own with the
+    same options, the key included, so closing one leaves the other working; a
+    ``cache`` given as a :class:`asyncembed.Cache` object is shared by them, and a
+    pickle fails if an option cannot be pickled (a transport, a clock, a limiter).
+    ``to_dict()``/``to_json()`` hold the model, batch size, ``base_url`` and
+    ``dimensions`` but never the key: ``from_dict()`` takes ``$OPENROUTER_API_KEY``
+    for OpenRouter's own URL, and any other server's key must be passed again, as
+    ``AsyncembedEmbedding.from_dict(data, api_key=key)``.
+
     Nothing needs closing: each loop's Embedder closes when that loop shuts down, and
     the background thread stops when this object is collected or the interpreter
     exits. ``close()``, ``aclose()``, ``with`` and ``async with`` close everything now.
 
     Args:
-        model: The model id, e.g. ``"openai/text-embedding-3-small"`` (also
-            ``model_name``).
+        model: The model id, e.g. ``"openai/text-embedding-3-small"``.
+        model_name: The same, under LlamaIndex's field name (what ``to_dict()`` holds);
+            give one of the two.
         embed_batch_size: Texts per call of LlamaIndex's batch methods (1 to 2048).
         callback_manager: LlamaIndex callbacks; ``None``: none.
         num_workers: LlamaIndex's concurrency for its async batch method.
+        embeddings_cache: LlamaIndex's own cache of vectors (a ``BaseKVStore``), or
+            ``None``; asyncembed's is ``cache=``.
         **options: Any keyword option of :class:`asyncembed.Embedder` (``api_key``,
             ``base_url``, ``batching``, ``limits``, ``retry``, ``dimensions``,
             ``cache``...), except ``session``. Kept out of the pydantic fields, so
@@ -63,7 +79,8 @@ class AsyncembedEmbedding(ClosesItsEmbedders, BaseEmbedding):
     Raises:
         ValueError: a bad option, as :class:`asyncembed.Embedder` raises it, or
             ``embed_batch_size`` out of range (pydantic's ``ValidationError``).
-        TypeError: an unknown keyword, or ``session``.
+        TypeError: an unknown keyword, ``session``, or neither or both of ``model``
+            and ``model_name``.
     """
 
     embed_batch_size: int = Field(
@@ -76,18 +93,26 @@ class AsyncembedEmbedding(ClosesItsEmbedders, BaseEmbedding):
 
     def __init__(
         self,
-        model: str,
+        model: str | None = None,
         *,
+        model_name: str | None = None,
         embed_batch_size: int = MAX_BATCH,
         callback_manager: CallbackManager | None = None,
         num_workers: int | None = None,
+        embeddings_cache: Any = None,
         **options: Unpack[EmbedderOptions],
     ) -> None:
+        if (model is None) == (model_name is None):
+            raise TypeError("AsyncembedEmbedding takes a model id: model= or model_name=")
+        model = model if model is not None else model_name
+        assert model is not None
         fields: dict[str, Any] = {"model_name": model, "embed_batch_size": embed_batch_size}
         if callback_manager is not None:
             fields["callback_manager"] = callback_manager
         if num_workers is not None:
             fields["num_workers"] = num_workers
+        if embeddings_cache is not None:
+            fields["embeddings_cache"] = embeddings_cache
         super().__init__(**fields)
         self._embedders = PerLoop(model, options)
 
@@ -95,6 +120,49 @@ class AsyncembedEmbedding(ClosesItsEmbedders, BaseEmbedding):
     def class_name(cls) -> str:
         """LlamaIndex's name for this class (used in serialized settings)."""
         return "AsyncembedEmbedding"
+
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """The fields, ``base_url`` and ``dimensions``, for ``from_dict``; never the key.
+
+        Args:
+            **kwargs: pydantic's ``model_dump`` options, as LlamaIndex passes them.
+        """
+        data: dict[str, Any] = super().to_dict(**kwargs)
+        data["base_url"] = self._embedders.base_url
+        if self._embedders.dimensions is not None:
+            data["dimensions"] = self._embedders.dimensions
+        return data
+
+    # Pickles and copies rebuild their Embedders from the options: an Embedder, its
+    # threads and its loops' tasks cannot be pickled, and must not be shared (closing
+    # a copy would close the original). LlamaIndex's own __getstate__ drops what does
+    # not pickle and its __setstate__ calls __init__ with the fields only.
+    def __getstate__(self) -> dict[Any, Any]:
+        state: dict[Any, Any] = BaseModel.__getstate__(self)
+        private = dict(state.get("__pydantic_private__") or {})
+        private.pop("_embedders", None)
+        state["__pydantic_private__"] = private
+        state[_OPTIONS] = (self._embedders.model, self._embedders.options)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        state = dict(state)
+        model, options = state.pop(_OPTIONS)
+        BaseModel.__setstate__(self, state)
+        self._embedders = PerLoop(model, options)
+
+    def __copy__(self) -> Self:
+        clone = super().__copy__()
+        clone._embedders = PerLoop(self._embedders.model, self._embedders.options)
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        # The fields are copied deeply; the options (a Cache, a limiter) are shared.
+        state = self.__getstate__()
+        options = state.pop(_OPTIONS)
+        clone = type(self).__new__(type(self))
+        clone.__setstate__({**copy.deepcopy(state, memo), _OPTIONS: options})
+        return clone
 
     def _get_query_embedding(self, query: str) -> list[float]:
         vector: list[float] = self._embedders.sync.embed(query).tolist()

@@ -91,7 +91,8 @@ class Embed:
     - ``on_error="null"``: rows that failed get a null vector and their error's text in
       ``error_column`` (null for rows that succeeded); the batch succeeds. An error that
       hits every row of a batch (a wrong key or model, ``max_cost`` reached, an outage)
-      is not a row's fault and still fails the batch.
+      is not a row's fault and still fails the batch (so does a one-row batch whose
+      only text is refused: one failure cannot tell a bad text from a bad request).
 
     Closing: Ray calls ``__del__`` when an actor exits gracefully, which closes the
     Embedder, the cache it opened and the ``limiter``'s connections. Best effort: an

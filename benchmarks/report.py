@@ -110,42 +110,50 @@ make bench                               # installs .[dev,bench], runs python -m
 ## Reading the last run
 
 Written by hand after the run below (one full run, on a 2-core machine shared with
-other work and heavily loaded at the time: the raw ceiling reached 33,000 texts/s
-where quieter runs see 50,000+). Read ratios, not absolutes.
+other sessions running their own benchmarks at the time, load average 2.7-3.7: the
+floor's three runs spread 12.4-16.4 µs/text, the raw ceiling reached 39,000 texts/s
+where quieter runs see 50,000+). Read ratios, not absolutes, and for a change of a
+microsecond or two trust only an A/B interleaved in one run, not two full runs.
 
 - **The machinery without sockets** (`coalescers`): asyncembed's `embed()` costs about
-  7 µs/text above the floor of 10,000 tasks awaiting futures (20.3 against 13.1 on
-  asyncio, 19.1 against 11.9 on uvloop), level with batchlet (+7.5) and behind
-  aiodataloader (+1.9), which neither bounds the batches in flight nor gives a vector
-  of its own to each caller. The target is <= 2 µs: **not met**, by about 5 µs. The
+  8 µs/text above the floor of 10,000 tasks awaiting futures (20.4 against 12.5 on
+  asyncio, 18.0 against 12.6 on uvloop), level with batchlet (+8.5) and behind
+  aiodataloader (+1.6), which neither bounds the batches in flight nor gives a vector
+  of its own to each caller. The target is <= 2 µs: **not met**, by about 6 µs. The
   behaviour table is measured: cancelling a caller in flight harms none of its
   batch-mates in any of the three; only asyncembed sends a text asked twice once; only
   aiodataloader runs every batch at once (24 of 24).
-- **Where the rest goes.** Profiles of the no-socket harness: msgspec's decode of the
-  2 MB body (shared with the floor) is the largest single item; asyncembed's own per
-  text work (`embed()`, `Batcher.submit`, the per-vector buffer) is about 1.5-2 µs;
-  most of the remaining gap is the garbage collector: 10,000 waiting tasks are alive
-  during a round, and every full collection walks them all (~40 ms per pass on this
-  machine). asyncembed's rounds see more full passes than the floor's (1.25 against
-  0.88 per round). Why is not pinned down yet; the candidate is the per-batch request
-  machinery (scheduler slot, retry loop, task group, cancel scopes), whose objects
-  live across collections while the woken callers queue behind 16 decoded batches.
-- **This wave's changes** (`embed()`): no object per text in the Batcher (gen-0
-  collections per round 166 -> 140) and base64 decoded straight into one buffer per
-  vector (no joined 1.5 MB block per batch, which glibc maps afresh each time: page
-  faults 143k -> 27k over 8 rounds; no per-caller copy): 21.9 -> 19.4 µs/text in an
-  interleaved A/B of separate processes.
-- **Over loopback** (`coalesce`): `embed()` reached 0.75x the raw ceiling's texts/s on
-  asyncio (target 0.8x, **not met**) and 26x the openai client at its best setting
-  (16 calls in flight, ~960 texts/s; 618 at 64 and 337 at 256). The earlier "121x" was
-  measured against the openai client with all 1,000 calls in flight, where it saturates
-  at a few hundred texts/s: about a fourfold overstatement. The >= 60x target is **not
-  met** against the client at its best. On uvloop both asyncembed and the ceiling run
-  faster (uvloop is supported: the whole test suite passes on it).
-- **Bulk**: `stream()` 1.12x and `embed_many()` 0.89x the ceiling's texts/s in this
-  run (target 0.95x: met by `stream`, not by `embed_many` here; earlier quieter runs
-  had `embed_many` at 0.92-1.05x); 12.5-13.9 µs/text of client CPU against the
-  ceiling's 9.9.
+- **This wave's changes** (`embed()`), each from an interleaved A/B of fresh processes
+  in one run (medians of 4-5; the full runs are too noisy to show them):
+  - tenacity's retry loop is built only after a request's first attempt failed. It is
+    a reference cycle, and it held the batch's deadline, so every batch (its 256
+    futures and every caller's vector) stayed alive until the collector's next pass:
+    12,480 objects of cyclic garbage per 10,000-caller round, now none. 20.0 -> 18.9
+    µs/text (7 rounds), 23.2 -> 21.2 (21 rounds);
+  - each vector an array that owns its data (one 6 KB copy from the decoded base64)
+    instead of a view of a `bytearray`: a view carries a `memoryview` and a
+    `managedbuffer` that the collector tracks for as long as the caller keeps the
+    vector. Gen-0 collections per round 163 -> 136, full passes 1.38 -> 1.12 (the
+    floor: 104 and 0.88); CPU within noise of the previous step (the copy costs about
+    what the collections saved here; an application that keeps its vectors keeps none
+    of those objects).
+- **Where the rest goes.** With no cyclic garbage left and the per-text tracked objects
+  now the floor's (a task, its coroutine, its context, one future), the gap is: about
+  1.5-2 µs of asyncembed's own Python per text (`embed()`, `check_open`, `check_text`,
+  `Batcher.submit`, the vector copy), and the collector, whose full passes each walk
+  the 10,000 waiting tasks plus the ~16,000 more objects importing asyncembed brings
+  (aiohttp most of them), and which still runs ~1.3x the floor's gen-0 collections.
+  msgspec's decode of the 2 MB body is the largest single item, shared with the floor.
+- **Over loopback** (`coalesce`): `embed()` reached 0.64x the raw ceiling's texts/s on
+  asyncio (0.77x on uvloop; target 0.8x, **not met**; 0.75x in the previous, also
+  loaded, run) and 26x the openai client at its best setting (64 calls in flight, ~980
+  texts/s). The >= 60x target is **not met** against the client at its best. On uvloop
+  both asyncembed and the ceiling run faster (uvloop is supported: the whole test suite
+  passes on it).
+- **Bulk**: `stream()` 0.93x and `embed_many()` 0.80x the ceiling's texts/s in this run
+  (target 0.95x: **not met** here; the previous full run had `stream()` 1.12x and
+  `embed_many()` 0.89x, an earlier run of this wave 1.03x and 1.12x); 10.4-10.5 µs/text
+  of client CPU against the ceiling's 8.2 (the <= 11 µs target met).
 - **Decoding runs on the event loop, in steps for large bodies**: a 2,048 x 3,072 answer
   blocks the loop at most ~28 ms (base64) and ~180 ms (float) against 64 ms and 654 ms
   decoded in one go. At the default batch size a base64 response blocks ~2 ms.

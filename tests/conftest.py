@@ -9,6 +9,8 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # ...and would report usage statistics to ray.io: no test reaches off this machine.
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# (and some versions warn at init about a future default that does not concern us)
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 @pytest.fixture

@@ -195,6 +195,37 @@ def test_close_from_a_plain_thread(server: ServerThread) -> None:
         other.close()
 
 
+def test_close_reaches_a_loop_kept_for_later_calls(server: ServerThread) -> None:
+    embeddings = AsyncembedEmbeddings(MODEL, base_url=server.server.base_url)
+    kept = asyncio.new_event_loop()  # run_until_complete() now and then, never closed yet
+    try:
+        assert kept.run_until_complete(embeddings.aembed_query("p")) == vector("p")
+        (host,) = embeddings._embedders._hosts.values()
+        embeddings.close()
+        # Its Embedder was closed on that loop: no task left pending for loop.close().
+        assert host.task.done() and not asyncio.all_tasks(kept)
+        with pytest.raises(EmbedderClosedError):
+            kept.run_until_complete(embeddings.aembed_query("after close"))
+    finally:
+        kept.close()
+
+
+async def test_aclose_reaches_a_loop_kept_for_later_calls(server: ServerThread) -> None:
+    embeddings = AsyncembedEmbeddings(MODEL, base_url=server.server.base_url)
+    kept = asyncio.new_event_loop()
+    try:
+        # A plain thread drives the kept loop: this one already runs the test's loop.
+        got = await asyncio.to_thread(kept.run_until_complete, embeddings.aembed_query("p"))
+        assert got == vector("p")
+        (host,) = embeddings._embedders._hosts.values()
+        await embeddings.aclose()
+        assert host.task.done() and not asyncio.all_tasks(kept)
+        with pytest.raises(EmbedderClosedError):
+            await embeddings.aembed_query("after close")
+    finally:
+        kept.close()
+
+
 def test_dropped_without_close_stops_quietly(server: ServerThread) -> None:
     embeddings = AsyncembedEmbeddings(MODEL, base_url=server.server.base_url)
     embeddings.embed_query("x")

@@ -30,9 +30,23 @@ DIMS = 8
 MODEL = "test/lifecycle"
 
 
+CLIENT = Path(asyncembed.__file__).parent
+
+
 def our_tasks() -> set[asyncio.Task[object]]:
-    """Tasks still running, but this one (anyio's runner may keep none of its own)."""
-    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
+    """The client's tasks still running (the test server's, aiohttp's own are not ours)."""
+    found = set()
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        where = Path(code.co_filename) if code is not None else None
+        if (
+            not task.done()
+            and where is not None
+            and where.is_relative_to(CLIENT)
+            and not where.is_relative_to(CLIENT / "testing")
+        ):
+            found.add(task)
+    return found
 
 
 async def test_open_in_one_task_use_in_others_close_in_a_third(
@@ -62,7 +76,7 @@ async def test_open_in_one_task_use_in_others_close_in_a_third(
         assert embedder.stats.active == 0 and "state=CLOSED" in repr(embedder)
         with pytest.raises(asyncembed.EmbedderClosedError):
             await embedder.embed("late")
-    assert our_tasks() <= before  # nothing left behind
+    assert before == set() and our_tasks() == set()  # nothing left behind
     out, err = capfd.readouterr()
     assert out == "" and err == ""
 

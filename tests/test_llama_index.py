@@ -4,6 +4,8 @@ request counts for LlamaIndex's batch and concurrent paths, and the class contra
 from __future__ import annotations
 
 import asyncio
+import copy
+import pickle
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores import SimpleVectorStore
 from server_thread import ServerThread
 
-from asyncembed import Batching, EmbedderClosedError
+from asyncembed import AuthenticationError, Batching, EmbedderClosedError
 from asyncembed.llama_index import AsyncembedEmbedding
 from asyncembed.testing import expected_vector
 
@@ -85,12 +87,22 @@ def test_vector_store_index_over_300_documents(
 
 
 def test_vector_store_index_built_async(server: ServerThread, model: AsyncembedEmbedding) -> None:
-    nodes = documents(300)
-    index = VectorStoreIndex(nodes, embed_model=model, use_async=True)
-    store = index.vector_store
-    assert isinstance(store, SimpleVectorStore)
-    assert store.get("doc-299") == vector(nodes[299].text)
-    assert server.server.requests_count == 2
+    # LlamaIndex runs the build on the thread's current loop, which it never closes:
+    # the test owns that loop, so that it can close it (warnings are errors here).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        nodes = documents(300)
+        index = VectorStoreIndex(nodes, embed_model=model, use_async=True)
+        store = index.vector_store
+        assert isinstance(store, SimpleVectorStore)
+        assert store.get("doc-299") == vector(nodes[299].text)
+        assert server.server.requests_count == 2
+        model.close()  # the loop's Embedder too, although that loop is not running
+        assert not asyncio.all_tasks(loop)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def test_a_batch_of_1000_texts_takes_at_most_20_requests(
@@ -178,6 +190,62 @@ def test_fields_and_secrets(server: ServerThread) -> None:
     assert embed_model.get_text_embedding_batch([]) == []
     embed_model.close()
     embed_model.close()
+
+
+KEY = "sk-li-copy-secret"
+
+
+@pytest.fixture(scope="module")
+def keyed() -> Iterator[ServerThread]:
+    with ServerThread(dimensions=DIMS, api_key=KEY) as running:
+        yield running
+
+
+def test_pickles_and_copies_get_embedders_of_their_own(
+    keyed: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = AsyncembedEmbedding(MODEL, base_url=keyed.server.base_url, api_key=KEY)
+    original.get_query_embedding("warm")  # a running background thread, not picklable
+    copies = {
+        "pickle": pickle.loads(pickle.dumps(original)),  # IngestionPipeline(num_workers=2)
+        "copy": copy.copy(original),
+        "deepcopy": copy.deepcopy(original),
+        "model_copy": original.model_copy(),
+        "model_copy deep": original.model_copy(deep=True),
+    }
+    original.close()
+    assert not caplog.records  # LlamaIndex logs each attribute its pickling drops
+    for name, clone in copies.items():
+        with clone:
+            # the key travelled with the copy (this server requires it)
+            assert clone.get_query_embedding(name) == vector(name), name
+            assert asyncio.run(clone.aget_query_embedding(name)) == vector(name), name
+            assert clone.model_name == MODEL and clone.embed_batch_size == 2048
+        with pytest.raises(EmbedderClosedError):
+            clone.get_query_embedding("late")
+
+
+def test_from_dict_needs_the_key_again(keyed: ServerThread) -> None:
+    with AsyncembedEmbedding(
+        MODEL, base_url=keyed.server.base_url, api_key=KEY, dimensions=4, embed_batch_size=64
+    ) as original:
+        data = original.to_json()
+    assert KEY not in data
+    with AsyncembedEmbedding.from_json(data) as keyless:
+        assert keyless.model_name == MODEL and keyless.embed_batch_size == 64
+        with pytest.raises(AuthenticationError):
+            keyless.get_query_embedding("x")
+    with AsyncembedEmbedding.from_json(data, api_key=KEY) as restored:
+        assert restored.get_query_embedding("x") == expected_vector(MODEL, "x", 4).tolist()
+
+
+def test_the_model_is_given_once() -> None:
+    with pytest.raises(TypeError, match="model"):
+        AsyncembedEmbedding()
+    with pytest.raises(TypeError, match="model"):
+        AsyncembedEmbedding(MODEL, model_name=MODEL)
+    with AsyncembedEmbedding(model_name=MODEL) as embed_model:
+        assert embed_model.model_name == MODEL
 
 
 def test_bad_settings_raise() -> None:

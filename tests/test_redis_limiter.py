@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -216,8 +217,16 @@ def test_a_429_to_one_process_pauses_all_four(redis: RedisServer, workers: Worke
     race = [d for d in after[1:] if d <= start]
     assert gap >= 1.9, (gap, start)
     assert start < 0.5 and len(race) <= PROCESSES, race
-    senders = {r.inputs[0].split()[0] for r in records if r.arrived > limited.arrived + 1.9}  # type: ignore[union-attr, index]
-    assert len(senders) == PROCESSES  # every worker was held, then went on
+
+    def sender(r: Any) -> str:
+        return str(r.inputs[0].split()[0])
+
+    sent_before = Counter(sender(r) for r in records if r.arrived <= limited.arrived)
+    # Every worker with requests left at the 429 (a fast one may have had none) was held,
+    # then went on.
+    held = {f"w{k}" for k in range(PROCESSES) if sent_before[f"w{k}"] < 15}
+    senders = {sender(r) for r in records if r.arrived > limited.arrived + 1.9}
+    assert sender(limited) in held and held <= senders, (held, senders)
 
 
 def test_one_max_cost_holds_across_processes(redis: RedisServer, workers: Workers) -> None:

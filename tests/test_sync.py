@@ -166,55 +166,6 @@ def test_calls_from_inside_a_running_loop_block_and_return(embedder: SyncEmbedde
 # -- streams ---------------------------------------------------------------------------
 
 
-def test_stream_yields_blocks_in_order(embedder: SyncEmbedder) -> None:
-    texts = [f"doc {i}" for i in range(600)]
-    blocks = list(embedder.stream(iter(texts), window=2))
-    assert [start for start, _ in blocks] == [0, 256, 512]
-    matrix = np.concatenate([m for _, m in blocks])
-    assert np.array_equal(matrix, np.stack([vector(t) for t in texts]))
-    pairs = list(embedder.stream((f"id{i}", t) for i, t in enumerate(texts[:3])))
-    assert pairs[0][0] == ["id0", "id1", "id2"]
-
-
-def test_stopping_a_stream_early_cancels_its_work(served: ServerThread) -> None:
-    read = 0
-
-    def corpus() -> Iterator[str]:
-        nonlocal read
-        for i in range(100_000):
-            read += 1
-            yield f"line {i}"
-
-    with SyncEmbedder(
-        MODEL, base_url=served.server.base_url, batching=Batching(max_size=10)
-    ) as embedder:
-        blocks = embedder.stream(corpus(), window=2)
-        start, first = next(blocks)
-        blocks.close()  # returns once the batches in flight are cancelled
-        stats = embedder.stats
-        assert stats.in_flight == 0 and stats.queued == 0
-        assert (start, first.shape) == (0, (10, DIMS))
-        assert read <= 40  # the window bounds what was read ahead
-        assert np.array_equal(embedder.embed("still usable"), vector("still usable"))
-
-
-def test_stream_errors_keep_their_types(embedder: SyncEmbedder) -> None:
-    with pytest.raises(InvalidInputError, match=r"item\[2\]"):
-        list(embedder.stream(["a", "b", ""]))
-    with pytest.raises(TypeError):
-        list(embedder.stream("not a list"))
-
-
-def test_the_loop_thread_may_not_call_its_own_embedder(embedder: SyncEmbedder) -> None:
-    def reentrant() -> Iterator[str]:
-        embedder.embed("inside")  # runs on the background thread: refused
-        yield "unreachable"
-
-    with pytest.raises(RuntimeError, match="its own event loop thread"):
-        list(embedder.stream(reentrant()))
-    assert np.array_equal(embedder.embed("after"), vector("after"))
-
-
 # -- errors ----------------------------------------------------------------------------
 
 
