@@ -23,26 +23,22 @@ Redis down: fail closed (:class:`LimiterUnavailableError`); see the class docstr
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._config import Limits
 from ._exceptions import LimiterUnavailableError, MissingExtraError
 from ._limiter import Limiter, Reservation, budget_exceeded
+from ._redis_conn import Link, Links, check_url, redact_url, secrets_of
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
 __all__ = ["RedisLimiter"]
 
 logger = logging.getLogger("asyncembed")
 
-_SCHEMES = ("redis", "rediss", "unix")
 _POLL = 0.05
 """Seconds between asks while the spending cap waits on other workers' requests."""
 
@@ -126,12 +122,16 @@ return {string.format('%.6f', math.max(0, left))}
 """
 
 # KEYS: spend hash, leases. ARGV: lease member, cost ('' : none), billed tokens.
+# A lease settles once: a settlement sent again (its first send was cancelled by the
+# loop's shutdown, maybe after it ran) counts nothing the second time.
 _SETTLE = """
-if ARGV[1] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 if ARGV[2] ~= '' then redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[2]) end
 if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[1], 'billed_tokens', ARGV[3]) end
 return 1
 """
+
+_SCRIPTS = {"reserve": _RESERVE, "pause": _PAUSE, "settle": _SETTLE, "pause_left": _PAUSE_LEFT}
 
 
 def _redis() -> Any:
@@ -142,21 +142,6 @@ def _redis() -> Any:
             "asyncembed.RedisLimiter needs redis-py: pip install 'asyncembed[redis]'"
         ) from exc
     return redis_asyncio
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (in the authority or a ``password=`` query) masked."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        name = user.partition(":")[0]
-        netloc = f"{name}:***@{host}"
-    query = parts.query
-    if "password=" in query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class RedisLimiter(Limiter):
@@ -170,10 +155,13 @@ class RedisLimiter(Limiter):
         limiter = asyncembed.RedisLimiter("redis://redis.internal:6379/0", key="prod")
         embedder = asyncembed.Embedder(model, limits=limits, limiter=limiter)
 
-    It holds only its settings: it connects on first use, in the running event loop,
-    and can be pickled to another process (which connects on its own). Close it with
-    ``await limiter.aclose()`` (or ``async with limiter:``) when done; the Embedder
-    does not close a limiter it was given.
+    It holds only its settings: it connects on first use, and can be pickled to
+    another process (which connects on its own). One limiter may serve several event
+    loops (threads, a SyncEmbedder's loop, the framework integrations' per-loop
+    Embedders): each loop gets its own connection, closed when that loop shuts down
+    (``asyncio.run()`` and the like). ``await limiter.aclose()`` (or ``async with
+    limiter:``) closes them all sooner; the Embedder does not close a limiter it was
+    given.
 
     Windows are paced evenly (one request every ``60 / requests_per_minute`` s), so
     any 60 s hold at most the limit plus the one request that opens the window. The
@@ -183,19 +171,22 @@ class RedisLimiter(Limiter):
     :class:`LimiterUnavailableError` (fail closed) and work again once it is back.
 
     Args:
-        url: ``redis://[[user]:password@]host:port/db``, ``rediss://`` or
-            ``unix://``. The password is never shown in a repr, log or error.
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS,
+            same form) or ``unix:///path/to.sock[?db=0&password=...]``. The password
+            is never shown in a repr, log or error.
         key: The prefix of every Redis key used; workers that share a budget share it.
         horizon: Seconds ahead a request may be reserved; a longer wait (a pause, a
             full window) is spent in the local queue and asked about again.
         timeout: Seconds to connect to Redis and to await each answer.
         lease: Seconds after which the commitment of a request whose worker never
-            settled it (it died) is dropped from the spend check.
+            settled it (it died) is dropped from the spend check; a settlement that
+            comes later is not counted (keep it well above the request timeout).
 
     Raises:
         ImportError: redis-py is not installed (``pip install 'asyncembed[redis]'``).
-        ValueError: ``url`` is not a redis URL, ``key`` is empty, or a number is out
-            of range.
+        ValueError: ``url`` is not one of those forms (a host, or a socket path, is
+            required; the message does not repeat the URL), ``key`` is empty, or a
+            number is out of range.
     """
 
     def __init__(
@@ -208,10 +199,7 @@ class RedisLimiter(Limiter):
         lease: float = 600.0,
     ) -> None:
         _redis()
-        if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
-            raise ValueError(
-                f"url must be a redis://, rediss:// or unix:// URL, got {redact_url(str(url))!r}"
-            )
+        url = check_url(url)
         if not isinstance(key, str) or not key:
             raise ValueError("key must be a non-empty string")
         for name, value in (("horizon", horizon), ("timeout", timeout), ("lease", lease)):
@@ -226,10 +214,7 @@ class RedisLimiter(Limiter):
         self._keys = [
             f"{slot}:{name}" for name in ("req", "tok", "pause", "spend", "leases", "seq")
         ]
-        self._client: Redis | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._scripts: dict[str, AsyncScript] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._links = Links(self._client, _SCRIPTS)
 
     # -- settings only: pickling and repr ------------------------------------------
 
@@ -299,56 +284,49 @@ class RedisLimiter(Limiter):
 
     def pause(self, seconds: float) -> None:
         """See :meth:`asyncembed.Limiter.pause` (sent in the background)."""
-        self._spawn(self._quietly("pause", self._keys[2:3], (seconds,)))
+        self._spawn("pause", self._keys[2:3], (seconds,))
 
     def settle(self, reservation: Reservation, *, cost: float | None, tokens: int) -> None:
         """See :meth:`asyncembed.Limiter.settle` (sent in the background)."""
         if reservation.lease is None:
             return  # no spending cap: nothing was committed, nothing to record
         args = (reservation.lease, "" if cost is None else repr(cost), tokens)
-        self._spawn(self._quietly("settle", self._keys[3:5], args))
+        self._spawn("settle", self._keys[3:5], args)
 
     async def aclose(self) -> None:
-        """Wait for the pauses and settlements being sent, then close the connections."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        client, self._client = self._client, None
-        self._scripts = {}
-        if client is not None:
-            await client.aclose()
+        """Send what is being sent, then close the connections of every event loop.
+
+        This loop's are closed here; those of other loops that are running are closed
+        on their own loops (waited for up to a few ``timeout``); a loop that is not
+        running closes its own when it shuts down. The limiter can be used again.
+        """
+        await self._links.aclose(timeout=4 * self.timeout)
 
     # -- Redis ----------------------------------------------------------------------
 
-    def _connect(self) -> dict[str, AsyncScript]:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            redis_asyncio = _redis()
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
+    def _client(self) -> Redis:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-            # One quick retry (a pooled connection may be stale after a Redis restart);
-            # beyond that, failing at once is the policy, not waiting.
-            client = redis_asyncio.Redis.from_url(
-                self._url,
-                decode_responses=True,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry=Retry(NoBackoff(), 1),
-            )
-            self._client, self._loop = client, loop
-            self._scripts = {
-                "reserve": client.register_script(_RESERVE),
-                "pause": client.register_script(_PAUSE),
-                "settle": client.register_script(_SETTLE),
-                "pause_left": client.register_script(_PAUSE_LEFT),
-            }
-        return self._scripts
+        # One quick retry (a pooled connection may be stale after a Redis restart);
+        # beyond that, failing at once is the policy, not waiting.
+        client: Redis = _redis().Redis.from_url(
+            self._url,
+            decode_responses=True,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        return client
 
-    async def _call(self, name: str, keys: list[str], args: tuple[Any, ...]) -> list[Any]:
+    async def _call(
+        self, name: str, keys: list[str], args: tuple[Any, ...], link: Link | None = None
+    ) -> list[Any]:
         from redis.exceptions import RedisError
 
         try:
-            reply: list[Any] = await self._connect()[name](keys=keys, args=args)
+            script = (link or self._links.here()).scripts[name]
+            reply: list[Any] = await script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise LimiterUnavailableError(self._describe(exc)) from None
         return reply
@@ -356,20 +334,17 @@ class RedisLimiter(Limiter):
     def _describe(self, exc: BaseException) -> str:
         where = redact_url(self._url)
         text = str(exc)
-        password = urlsplit(self._url).password
-        if password:
-            text = text.replace(password, "***")
+        for secret in secrets_of(self._url):
+            text = text.replace(secret, "***")
         return f"the shared limiter at {where} is unavailable: {type(exc).__name__}: {text}"
 
-    async def _quietly(self, name: str, keys: list[str], args: tuple[Any, ...]) -> None:
-        try:
-            await self._call(name, keys, args)
-        except LimiterUnavailableError as exc:
-            # Nothing to fail: the request is over. A lost pause still holds this
-            # process (the Scheduler's own copy); a lost settlement's lease expires.
-            logger.warning("%s (%s not recorded)", exc, name)
+    def _spawn(self, name: str, keys: list[str], args: tuple[Any, ...]) -> None:
+        async def send(link: Link) -> None:
+            try:
+                await self._call(name, keys, args, link)
+            except LimiterUnavailableError as exc:
+                # Nothing to fail: the request is over. A lost pause still holds this
+                # process (the Scheduler's own copy); a lost settlement's lease expires.
+                logger.warning("%s (%s not recorded)", exc, name)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._links.here().spawn(send)

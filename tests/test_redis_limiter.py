@@ -309,12 +309,12 @@ async def test_spend_and_pause_are_shared_within_a_process_too(redis: RedisServe
         # The price is unknown until an answer is billed: one request in flight, for all.
         assert (await other.reserve(10, limits)).on_release
         limiter.settle(first, cost=0.01, tokens=10)
-        await wait_until(lambda: not limiter._tasks)
+        await wait_until(lambda: not limiter._links.sending())
         second = await other.reserve(20, limits)
         assert second.granted and second.committed == pytest.approx(0.02)
         other.settle(second, cost=0.02, tokens=20)
         other.pause(3.0)
-        await wait_until(lambda: not other._tasks)
+        await wait_until(lambda: not other._links.sending())
         assert 2.9 < await limiter.pause_left() <= 3.0
         held = await limiter.reserve(1, Limits())
         assert not held.granted and 2.9 < held.paused <= 3.0
