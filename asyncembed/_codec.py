@@ -175,8 +175,7 @@ async def decode_response_async(
         The errors of :func:`decode_response`.
     """
     steps = _decode(status, headers, content, expected, encoding, dimensions, rows=False)
-    while (result := _step(steps)) is None:  # a small body is done in the first step
-        await anyio.lowlevel.checkpoint()
+    result = await _run_async(steps)
     assert isinstance(result, Embeddings)
     return result
 
@@ -198,10 +197,9 @@ async def decode_rows_async(
     Raises:
         The errors of :func:`decode_response`.
     """
-    steps = _decode(status, headers, content, expected, encoding, dimensions, rows=True)
-    while (result := _step(steps)) is None:
-        await anyio.lowlevel.checkpoint()
-    return result
+    return await _run_async(
+        _decode(status, headers, content, expected, encoding, dimensions, rows=True)
+    )
 
 
 def billed_usage(content: bytes) -> Usage | None:
@@ -211,6 +209,13 @@ def billed_usage(content: bytes) -> Usage | None:
         return _USAGE_ONLY.decode(content).usage
     except msgspec.DecodeError:
         return None
+
+
+async def _run_async(steps: Generator[None, None, Embeddings | Rows]) -> Embeddings | Rows:
+    """Run a decode to its end, yielding to the event loop at each of its pauses."""
+    while (result := _step(steps)) is None:  # a small body is done in the first step
+        await anyio.lowlevel.checkpoint()
+    return result
 
 
 def _step(steps: Generator[None, None, Embeddings | Rows]) -> Embeddings | Rows | None:
