@@ -40,6 +40,16 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
 ]
 
+# The guide's Ray-side retry (DataContext.retried_map_errors) needs a 2026 Ray: the
+# lower-bound environment (make test-min) pins pyarrow 15, which holds Ray back at 2.55,
+# whose shutdown also leaks file handles. There the cluster tests do not apply;
+# tests/test_ray_embed.py still runs Embed itself.
+if not hasattr(ray.data.DataContext, "retried_map_errors"):
+    pytest.skip(
+        "this Ray has no DataContext.retried_map_errors (the lower-bound environment)",
+        allow_module_level=True,
+    )
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "test/model"
 DIMS = 16
