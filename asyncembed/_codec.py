@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import anyio
 import msgspec
@@ -39,7 +39,6 @@ __all__ = [
     "billed_usage",
     "decode_response",
     "decode_response_async",
-    "decode_rows_async",
     "encode_request",
 ]
 
@@ -159,6 +158,7 @@ def decode_response(
     return result
 
 
+@overload
 async def decode_response_async(
     status: int,
     headers: Mapping[str, str],
@@ -167,20 +167,10 @@ async def decode_response_async(
     expected: int,
     encoding: EncodingFormat,
     dimensions: int | None = None,
-) -> Embeddings:
-    """:func:`decode_response`, yielding to the event loop between the steps of a
-    large body so that other coroutines are not blocked for its whole decode.
-
-    Raises:
-        The errors of :func:`decode_response`.
-    """
-    steps = _decode(status, headers, content, expected, encoding, dimensions, rows=False)
-    result = await _run_async(steps)
-    assert isinstance(result, Embeddings)
-    return result
-
-
-async def decode_rows_async(
+    rows: Literal[False] = False,
+) -> Embeddings: ...
+@overload
+async def decode_response_async(
     status: int,
     headers: Mapping[str, str],
     content: bytes,
@@ -188,18 +178,31 @@ async def decode_rows_async(
     expected: int,
     encoding: EncodingFormat,
     dimensions: int | None = None,
+    rows: bool,
+) -> Embeddings | Rows: ...
+async def decode_response_async(
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    *,
+    expected: int,
+    encoding: EncodingFormat,
+    dimensions: int | None = None,
+    rows: bool = False,
 ) -> Embeddings | Rows:
-    """:func:`decode_response_async`, giving base64 answers as :class:`Rows`.
+    """:func:`decode_response`, yielding to the event loop between the steps of a
+    large body so that other coroutines are not blocked for its whole decode.
 
-    A float answer, or a body large enough to be decoded in steps, still comes back
-    as :class:`Embeddings` (one matrix).
+    With ``rows``, a base64 answer decoded in one go comes back as :class:`Rows` (a
+    float answer, or a body large enough to be decoded in steps, is still one matrix).
 
     Raises:
         The errors of :func:`decode_response`.
     """
-    return await _run_async(
-        _decode(status, headers, content, expected, encoding, dimensions, rows=True)
-    )
+    steps = _decode(status, headers, content, expected, encoding, dimensions, rows=rows)
+    while (result := _step(steps)) is None:  # a small body is done in the first step
+        await anyio.lowlevel.checkpoint()
+    return result
 
 
 def billed_usage(content: bytes) -> Usage | None:
@@ -209,13 +212,6 @@ def billed_usage(content: bytes) -> Usage | None:
         return _USAGE_ONLY.decode(content).usage
     except msgspec.DecodeError:
         return None
-
-
-async def _run_async(steps: Generator[None, None, Embeddings | Rows]) -> Embeddings | Rows:
-    """Run a decode to its end, yielding to the event loop at each of its pauses."""
-    while (result := _step(steps)) is None:  # a small body is done in the first step
-        await anyio.lowlevel.checkpoint()
-    return result
 
 
 def _step(steps: Generator[None, None, Embeddings | Rows]) -> Embeddings | Rows | None:

@@ -94,11 +94,12 @@ def retrying(
         if state.attempt_number >= policy.attempts:
             return True
         # Fail fast rather than sleep past the budget or past every caller's deadline.
-        limit = budget_end(policy, created, started(), deadline)
+        sent = started()
+        limit = budget_end(policy, created, sent, deadline)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, APIConnectionError) and exc.unreachable:
             # Never reached: a wrong URL or a server not started, not a passing fault.
-            limit = min(limit, (started() or created) + policy.unreachable_timeout)
+            limit = min(limit, (created if sent is None else sent) + policy.unreachable_timeout)
         return clock.now() + (state.upcoming_sleep or 0.0) > limit
 
     def before_sleep(state: tenacity.RetryCallState) -> None:

@@ -24,6 +24,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -178,8 +179,12 @@ class Scheduler:
                 waiter.wake = asyncio.get_running_loop().create_future()
                 if timeout is None:
                     await waiter.wake
-                else:
-                    await asyncio.wait((waiter.wake,), timeout=timeout)
+                else:  # a release, or the limiter's "ask again in", on our clock
+                    again = asyncio.ensure_future(self._clock.sleep(timeout))
+                    try:
+                        await asyncio.wait((waiter.wake, again), return_when=FIRST_COMPLETED)
+                    finally:
+                        again.cancel()
         except BaseException:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
@@ -196,8 +201,11 @@ class Scheduler:
             self._wake_head()  # whoever became head while we asked
 
     async def _take(self, waiter: _Waiter, answer: Reservation) -> Slot | None:
-        self._waiters.remove(waiter)
-        heapq.heapify(self._waiters)
+        if self._waiters[0] is waiter:  # the usual case: O(log n), not O(n)
+            heapq.heappop(self._waiters)
+        else:  # a higher priority arrived while the limiter was asked
+            self._waiters.remove(waiter)
+            heapq.heapify(self._waiters)
         self.in_flight += 1
         self._wake_head()
         slot = Slot(answer)

@@ -22,7 +22,6 @@ from ._codec import (
     Rows,
     billed_usage,
     decode_response_async,
-    decode_rows_async,
     encode_request,
 )
 from ._config import Retry
@@ -248,13 +247,14 @@ class Sender:
             try:
                 raw = await self._transport.post(body)
                 try:
-                    result = await (decode_rows_async if rows else decode_response_async)(
+                    result = await decode_response_async(
                         raw.status,
                         raw.headers,
                         raw.content,
                         expected=expected,
                         encoding=encoding,
                         dimensions=options.dimensions,
+                        rows=rows,
                     )
                 except (APIStatusError, ProtocolError) as exc:
                     raise redact_secret(exc, self._secret)  # noqa: B904 - the same error

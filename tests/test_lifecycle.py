@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 import asyncembed
-from asyncembed import Cache, Embedder
+from asyncembed import Cache, Embedder, RawResponse
 from asyncembed.testing import LocalServer, MockTransport, expected_vector, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -153,11 +153,33 @@ async def test_aclose_from_another_task_waits_for_the_calls_in_progress() -> Non
             np.testing.assert_array_equal(c.result(), expected_vector(MODEL, f"t{i}", DIMS))
 
 
+class HeldTransport:
+    """A MockTransport whose answers wait until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.inner = MockTransport(dimensions=DIMS)
+        self.release = asyncio.Event()
+
+    async def post(self, content: bytes) -> RawResponse:
+        await self.release.wait()
+        return await self.inner.post(content)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 async def test_concurrent_aclose_calls_all_return_once_closed() -> None:
-    embedder = Embedder(MODEL, transport=MockTransport(dimensions=DIMS))
-    await embedder.embed("x")
-    await asyncio.gather(*(asyncio.create_task(embedder.aclose()) for _ in range(5)))
-    assert "state=CLOSED" in repr(embedder)
+    transport = HeldTransport()
+    embedder = Embedder(MODEL, transport=transport)
+    call = asyncio.create_task(embedder.embed("x"))
+    await wait_until(lambda: embedder.stats.in_flight == 1)
+    closers = [asyncio.create_task(embedder.aclose()) for _ in range(5)]
+    await asyncio.sleep(0)  # every closer has started and is waiting
+    assert not any(c.done() for c in closers)  # none returns while the request is out
+    transport.release.set()
+    await asyncio.gather(*closers)
+    assert call.done() and "state=CLOSED" in repr(embedder)
+    np.testing.assert_array_equal(call.result(), expected_vector(MODEL, "x", DIMS))
 
 
 async def test_an_unused_embedder_closes_what_it_opened(tmp_path: Path) -> None:

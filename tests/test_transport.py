@@ -18,6 +18,7 @@ import pytest
 
 import asyncembed
 from asyncembed import Embedder, Retry, Timeouts
+from asyncembed._exceptions import redact_secret
 from asyncembed._transport import HTTPTransport, is_loopback, resolve_api_key, shown_url
 from asyncembed.testing import FakeClock, LocalServer, expected_vector, no_backoff
 
@@ -306,6 +307,10 @@ async def test_a_short_placeholder_key_does_not_mangle_answers() -> None:
         async with Embedder("m", base_url=server.base_url, api_key="x") as embedder:
             vector = await embedder.embed("text with x in it")
     np.testing.assert_array_equal(vector, expected_vector("m", "text with x in it", 4))
+    # ...nor the server's error texts: a short key cannot be told from ordinary text.
+    error = redact_secret(asyncembed.BadRequestError("max x exceeded", status=400), "x")
+    assert isinstance(error, asyncembed.BadRequestError) and str(error) == "400 max x exceeded"
+    assert error.message == "max x exceeded"
 
 
 async def test_a_json_escaped_echo_of_the_key_is_redacted_too() -> None:
