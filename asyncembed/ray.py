@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import os
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from . import (
-    Cache,
     Embedder,
     InputTooLongError,
     InvalidInputError,
@@ -147,10 +145,10 @@ class Embed:
         self.error_column = error_column
         self._options = options
         self._width: int | None = options.get("dimensions")
+        # Made by the first batch, in the actor's event loop (it starts on first use and
+        # closes from any task of that loop: no task of ours has to hold it open).
+        self._embedder: Embedder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: asyncio.Future[Embedder] | None = None
-        self._stop: asyncio.Event | None = None
-        self._owner: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         # Never the options: they hold the API key.
@@ -185,7 +183,7 @@ class Embed:
             if self._width is None:
                 raise ValueError("an empty first batch has no known width: pass dimensions=")
             return self._attach(table, np.empty((0, self._width), np.float32), {})
-        embedder = await self._embedder()
+        embedder = await self._open()
         errors: dict[int, BaseException] = {}
         try:
             matrix = await embedder.embed_many(texts)
@@ -207,8 +205,8 @@ class Embed:
         Call it from the event loop that ran the batches. Ray does not: it closes through
         ``__del__`` when the actor exits gracefully.
         """
-        if self._owner is not None and self._stop is not None:
-            await _stop_and_wait(self._stop, self._owner)
+        if self._embedder is not None:
+            await _close(self._embedder, self._options.get("limiter"))
 
     def close(self, timeout: float = _CLOSE_TIMEOUT) -> None:
         """Close the Embedder from another thread than its event loop's; idempotent.
@@ -221,19 +219,20 @@ class Embed:
         Raises:
             TimeoutError: the Embedder did not close within ``timeout``.
         """
-        loop, owner = self._loop, self._owner
-        if loop is None or owner is None or owner.done() or not loop.is_running():
+        loop, embedder = self._loop, self._embedder
+        if loop is None or embedder is None or not loop.is_running():
             return
+        closing = _close(embedder, self._options.get("limiter"))
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            assert self._stop is not None
-            loop.call_soon(self._stop.set)
+            task = loop.create_task(closing)  # kept until done: the loop holds it weakly
+            _CLOSING.add(task)
+            task.add_done_callback(_CLOSING.discard)
             return
-        assert self._stop is not None
-        asyncio.run_coroutine_threadsafe(_stop_and_wait(self._stop, owner), loop).result(timeout)
+        asyncio.run_coroutine_threadsafe(closing, loop).result(timeout)
 
     def __del__(self) -> None:
         # Ray drops the UDF after the actor's last task: close the session then. Best
@@ -243,20 +242,16 @@ class Embed:
 
     # -- internals -------------------------------------------------------------
 
-    async def _embedder(self) -> Embedder:
+    async def _open(self) -> Embedder:
         loop = asyncio.get_running_loop()
-        if self._ready is None:
+        if self._embedder is None:
+            # Built here, with no await between the check and the assignment, so
+            # concurrent first batches share one Embedder.
             self._loop = loop
-            self._ready = ready = loop.create_future()
-            self._stop = asyncio.Event()
-            self._owner = loop.create_task(
-                _hold_open(self.model, self._options, ready, self._stop),
-                name=f"asyncembed.ray {self!r}",
-            )
+            self._embedder = Embedder(self.model, **self._options)
         elif loop is not self._loop:
             raise RuntimeError("an Embed is bound to the event loop of its first batch")
-        # Shielded: a cancelled batch must not cancel the Embedder the others wait for.
-        return await asyncio.shield(self._ready)
+        return self._embedder
 
     def _texts(self, batch: Any) -> list[str]:
         """The text column as a list, every value checked (nothing is paid before)."""
@@ -328,45 +323,21 @@ class Embed:
         return table
 
 
-async def _hold_open(
-    model: str, options: dict[str, Any], ready: asyncio.Future[Embedder], stop: asyncio.Event
-) -> None:
-    """Make an Embedder and keep it open until ``stop`` is set: one long-lived task owns it.
+async def _close(embedder: Embedder, limiter: object) -> None:
+    """Close the Embedder (it waits for its requests in flight), then the limiter.
 
-    The batches are separate tasks that come and go, and an Embedder is entered and left
-    in one task. This task must not refer to the :class:`Embed`, or the Embed would never
-    be collected and Ray's graceful exit (dropping it) would not close the Embedder.
-    Whatever fails here (a bad option, an unusable cache) fails every batch.
+    In Ray each actor has its own unpickled copy of the limiter: nobody else would close
+    its connections. (A RedisLimiter reconnects if it is used again.)
     """
-    cache: Cache | None = None
     try:
-        if isinstance(options.get("cache"), str | os.PathLike):
-            cache = await asyncio.to_thread(Cache, options["cache"])
-            options = {**options, "cache": cache}
-        async with Embedder(model, **options) as embedder:
-            ready.set_result(embedder)
-            await stop.wait()
-    except asyncio.CancelledError:
-        if not ready.done():
-            ready.cancel()
-        raise
-    except Exception as exc:
-        if not ready.done():
-            ready.set_exception(exc)
+        await embedder.aclose()
     finally:
-        if cache is not None:
-            cache.close()
-        # In Ray each actor has its own unpickled copy of the limiter: nobody else would
-        # close its connections. (A RedisLimiter reconnects if it is used again.)
-        limiter = options.get("limiter")
         if isinstance(limiter, Limiter):
             with contextlib.suppress(Exception):
                 await limiter.aclose()
 
 
-async def _stop_and_wait(stop: asyncio.Event, owner: asyncio.Task[None]) -> None:
-    stop.set()
-    await asyncio.shield(owner)  # the Embedder waits for its requests in flight
+_CLOSING: set[asyncio.Task[None]] = set()
 
 
 def _columns(batch: Any) -> list[str]:
